@@ -1,0 +1,196 @@
+"""Run a per-slide function over many slides on dask.distributed.
+
+Only paths and small summaries cross process boundaries: each task opens its own slide.
+A task never raises: it returns a :class:`SlideOutcome` with the error class and message,
+so one bad slide cannot kill the batch. A worker that dies (a backend crashing in C code)
+is recorded as a failure of that slide too.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wsi_pixelcam.errors import OutputError, WsiPixelcamError
+from wsi_pixelcam.jobs import PROGRESS_TOPIC, SlideJob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SlideOutcome:
+    """What happened to one slide: ok, skipped or failed (with error class and message)."""
+
+    slide_id: str
+    path: str
+    status: str
+    seconds: float
+    error_class: str = ""
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    traceback: str = ""
+
+
+SlideFn = Callable[[SlideJob], tuple[str, str, dict[str, Any]]]
+"""A per-slide function returning (status, message, small details); raises on failure."""
+
+
+def run_guarded(fn: SlideFn, job: SlideJob) -> SlideOutcome:
+    """Call ``fn`` and turn any exception into a failed outcome (runs inside the worker)."""
+    started = time.perf_counter()
+    try:
+        status, message, details = fn(job)
+    except WsiPixelcamError as exc:
+        return SlideOutcome(
+            job.slide_id,
+            job.path,
+            "failed",
+            time.perf_counter() - started,
+            type(exc).__name__,
+            str(exc),
+        )
+    except Exception as exc:  # a bug or a backend surprise: keep the traceback for --debug
+        return SlideOutcome(
+            job.slide_id,
+            job.path,
+            "failed",
+            time.perf_counter() - started,
+            type(exc).__name__,
+            f"{job.path}: {exc}",
+            traceback=traceback.format_exc(),
+        )
+    return SlideOutcome(
+        job.slide_id,
+        job.path,
+        status,
+        time.perf_counter() - started,
+        message=message,
+        details=details,
+    )
+
+
+@contextmanager
+def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
+    """A client on ``scheduler`` (an address or a scheduler file) or on a new LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        kwargs = (
+            {"scheduler_file": scheduler} if scheduler.endswith(".json") else {"address": scheduler}
+        )
+        with Client(**kwargs) as client:
+            yield client
+        return
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            memory_limit=0,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@dataclass
+class BatchProgress:
+    """Callbacks the CLI uses to draw progress; the library never prints."""
+
+    on_outcome: Callable[[SlideOutcome], None] = lambda outcome: None
+    on_patches: Callable[[str, int, int], None] = lambda slide_id, done, total: None
+
+
+def run_batch(
+    fn: SlideFn,
+    jobs: Sequence[SlideJob],
+    *,
+    scheduler: str | None = None,
+    workers: int = 2,
+    progress: BatchProgress | None = None,
+) -> list[SlideOutcome]:
+    """Run ``fn`` over ``jobs``, one dask task per slide, and return outcomes in job order."""
+    from distributed import as_completed
+
+    progress = progress or BatchProgress()
+    if not jobs:
+        return []
+    outcomes: dict[str, SlideOutcome] = {}
+    lock = threading.Lock()
+    with dask_client(scheduler, max(1, min(workers, len(jobs)))) as client:
+
+        def on_event(event: Any) -> None:
+            _, msg = event
+            with lock:
+                progress.on_patches(msg["slide_id"], msg["done"], msg["total"])
+
+        client.subscribe_topic(PROGRESS_TOPIC, on_event)
+        futures = {
+            client.submit(run_guarded, fn, job, key=f"slide-{i}-{job.slide_id}", retries=0): job
+            for i, job in enumerate(jobs)
+        }
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                outcome = future.result()
+            except Exception as exc:  # the worker died (e.g. a segfault inside a backend)
+                outcome = SlideOutcome(
+                    job.slide_id,
+                    job.path,
+                    "failed",
+                    0.0,
+                    type(exc).__name__,
+                    f"{job.path}: worker died while processing it ({exc})",
+                )
+            outcomes[job.slide_id] = outcome
+            with lock:
+                progress.on_outcome(outcome)
+        client.unsubscribe_topic(PROGRESS_TOPIC)
+    return [outcomes[job.slide_id] for job in jobs]
+
+
+STATUS_COLUMNS = ("slide_id", "path", "status", "error_class", "message", "seconds")
+
+
+def write_status_table(out_dir: Path, name: str, outcomes: Sequence[SlideOutcome]) -> Path:
+    """``<name>_status.csv``, one row per slide, and a JSON twin with details; atomic writes."""
+    csv_path = out_dir / f"{name}_status.csv"
+    json_path = out_dir / f"{name}_status.json"
+    try:
+        tmp = csv_path.with_name(csv_path.name + ".tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([*STATUS_COLUMNS, "details"])
+            for o in outcomes:
+                writer.writerow(
+                    [
+                        o.slide_id,
+                        o.path,
+                        o.status,
+                        o.error_class,
+                        o.message,
+                        f"{o.seconds:.2f}",
+                        json.dumps(o.details, sort_keys=True),
+                    ]
+                )
+        os.replace(tmp, csv_path)
+        tmp = json_path.with_name(json_path.name + ".tmp")
+        tmp.write_text(json.dumps([asdict(o) for o in outcomes], indent=1))
+        os.replace(tmp, json_path)
+    except OSError as exc:
+        raise OutputError(
+            f"{out_dir}: cannot write the status table ({exc.strerror or exc})"
+        ) from exc
+    return csv_path

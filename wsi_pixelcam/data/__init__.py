@@ -1,0 +1,1 @@
+"""Torch datasets over patch stores (zarr opened lazily in each loader worker) and transforms."""

@@ -1,0 +1,432 @@
+"""QuPath GeoJSON: build features, validate every import rule, write atomically, read back.
+
+The rules are those of ``QUPATH_GEOJSON.md`` (what QuPath's Gson adapters accept and where
+they fail silently or throw); :func:`write_geojson` refuses to write a file that breaks one.
+"""
+
+from __future__ import annotations
+
+import gzip as gzip_module
+import json
+import logging
+import math
+import os
+import re
+import uuid
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.errors import GEOSException
+from shapely.geometry import MultiPolygon, Polygon, box, mapping, shape
+from shapely.geometry.base import BaseGeometry
+
+from wsi_pixelcam.errors import AnnotationError, OutputError
+from wsi_pixelcam.geo.polygons import polygon_parts
+
+logger = logging.getLogger(__name__)
+
+OBJECT_TYPES = ("annotation", "detection", "tile")
+SPECIAL_MEASUREMENTS = ("NaN", "Inf", "-Inf")
+PRECISION_PX = 0.01  # QuPath >= 0.6 snaps coordinates to this grid on import
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+# QuPath's built-in class colours, so familiar classes look as they do in QuPath.
+_QUPATH_COLOURS = {
+    "tumor": (200, 0, 0),
+    "stroma": (150, 200, 150),
+    "immune cells": (160, 90, 160),
+    "necrosis": (50, 50, 50),
+    "other": (255, 200, 0),
+    "region*": (0, 0, 180),
+    "ignore*": (180, 180, 180),
+    "positive": (200, 50, 50),
+    "negative": (112, 112, 225),
+}
+_PALETTE = (
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+    (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0),
+)  # fmt: skip
+
+
+class GeoJsonError(AnnotationError):
+    """GeoJSON that QuPath would reject, misread or silently drop."""
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One area annotation read from GeoJSON, in level-0 pixels of the full frame."""
+
+    class_name: str | None
+    geometry: Polygon | MultiPolygon
+    object_type: str
+
+
+def class_color(class_name: str) -> tuple[int, int, int]:
+    """QuPath's colour for its built-in classes, else a fixed palette colour by name hash."""
+    known = _QUPATH_COLOURS.get(class_name.lower())
+    if known is not None:
+        return known
+    return _PALETTE[zlib.crc32(class_name.encode("utf-8")) % len(_PALETTE)]
+
+
+def annotation_feature(
+    geometry: BaseGeometry | Mapping[str, Any],
+    *,
+    class_name: str,
+    color: tuple[int, int, int] | None = None,
+    name: str | None = None,
+    measurements: Mapping[str, float] | None = None,
+    metadata: Mapping[str, object] | None = None,
+    object_type: str = "annotation",
+) -> dict[str, Any]:
+    """A QuPath feature for an area ROI, in output-frame pixels.
+
+    The geometry is repaired (``make_valid``), snapped to the 0.01 px grid, stripped of
+    zero-area parts and written as a ``Polygon`` when one part remains. ``color`` defaults
+    to :func:`class_color`; measurements must be finite numbers; metadata values are
+    stringified. Raises GeoJsonError for anything QuPath cannot import.
+    """
+    if object_type not in OBJECT_TYPES:
+        raise GeoJsonError(f"objectType {object_type!r} is not one of {OBJECT_TYPES}")
+    properties: dict[str, Any] = {"objectType": object_type}
+    if name is not None:
+        properties["name"] = str(name)
+    rgb = class_color(class_name) if color is None else color
+    properties["classification"] = {"name": class_name, "color": [int(c) for c in rgb]}
+    if measurements:
+        values = {}
+        for key, value in measurements.items():
+            number = float(value)
+            if not math.isfinite(number):
+                raise GeoJsonError(f"measurement {key!r} is {value!r}; measurements must be finite")
+            values[str(key)] = number
+        properties["measurements"] = values
+    if metadata:
+        properties["metadata"] = {str(k): str(v) for k, v in metadata.items()}
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid4()),
+        "geometry": _qupath_geometry(geometry),
+        "properties": properties,
+    }
+
+
+def tile_feature(
+    xy_level0: tuple[float, float],
+    wh_level0: tuple[float, float],
+    *,
+    class_name: str,
+    color: tuple[int, int, int] | None = None,
+    measurements: Mapping[str, float] | None = None,
+    metadata: Mapping[str, object] | None = None,
+    frame_offset_level0: tuple[float, float] = (0.0, 0.0),
+    object_type: str = "tile",
+) -> dict[str, Any]:
+    """A per-patch ``tile`` feature (QuPath's Measurement Maps colour tiles by a measurement).
+
+    ``xy_level0`` is the patch's top-left in the full level-0 frame; ``frame_offset_level0``
+    is subtracted, as for ROIs.
+    """
+    x = xy_level0[0] - frame_offset_level0[0]
+    y = xy_level0[1] - frame_offset_level0[1]
+    return annotation_feature(
+        box(x, y, x + wh_level0[0], y + wh_level0[1]),
+        class_name=class_name,
+        color=color,
+        measurements=measurements,
+        metadata=metadata,
+        object_type=object_type,
+    )
+
+
+def feature_collection(features: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Wrap features in the ``FeatureCollection`` QuPath expects."""
+    return {"type": "FeatureCollection", "features": [dict(f) for f in features]}
+
+
+def write_geojson(
+    path: str | Path,
+    features_or_collection: Mapping[str, Any] | Iterable[Mapping[str, Any]],
+    *,
+    gzip: bool | None = None,
+) -> Path:
+    """Validate, then write atomically (temp file in the same folder, then ``os.replace``).
+
+    ``gzip=None`` compresses when the name ends in ``.gz``; ``gzip=True`` appends ``.gz`` if
+    missing. Returns the path written. Raises GeoJsonError before writing anything invalid,
+    OutputError when the folder cannot be written.
+    """
+    path = Path(path)
+    compress = path.suffix == ".gz" if gzip is None else gzip
+    if compress and path.suffix != ".gz":
+        path = path.with_name(path.name + ".gz")
+    if isinstance(features_or_collection, Mapping):
+        collection = dict(features_or_collection)
+    else:
+        collection = feature_collection(features_or_collection)
+    if collection.get("type") != "FeatureCollection":
+        raise GeoJsonError(
+            f"{path}: write a FeatureCollection (got type {collection.get('type')!r})"
+        )
+    _validate(collection, str(path))
+    text = json.dumps(collection, allow_nan=False, separators=(",", ":"))
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        if compress:
+            with gzip_module.open(tmp, "wt", encoding="utf-8") as fh:
+                fh.write(text)
+        else:
+            tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write GeoJSON ({exc.strerror or exc})") from exc
+    return path
+
+
+def validate_geojson(obj_or_path: Any) -> None:
+    """Raise GeoJsonError naming the first feature (index, id) that breaks a QuPath rule.
+
+    Accepts a parsed object or a path to a ``.geojson`` / ``.geojson.gz`` file.
+    """
+    if isinstance(obj_or_path, (str, Path)):
+        validate_geojson_file(obj_or_path)
+    else:
+        _validate(obj_or_path, "GeoJSON")
+
+
+def validate_geojson_file(path: str | Path) -> None:
+    """Validate a ``.geojson`` or ``.geojson.gz`` file (see :func:`validate_geojson`)."""
+    _validate(_load_json(Path(path)), str(path))
+
+
+def read_qupath_annotations(
+    path: str | Path, *, frame_offset_level0: tuple[float, float] = (0.0, 0.0)
+) -> list[Annotation]:
+    """Area annotations from a QuPath export (FeatureCollection, array, Feature, ``.gz``).
+
+    Classification may be ``{"name"}``, ``{"names": [...]}`` (joined with ``": "`` as QuPath
+    shows derived classes) or a plain string. Points and lines are skipped (and counted in
+    the log); invalid polygons are repaired with ``make_valid``. ``frame_offset_level0`` is
+    added, to bring annotations drawn in QuPath's cropped frame into the full level-0 frame.
+    Raises AnnotationError for malformed JSON or when no area annotation is found.
+    """
+    path = Path(path)
+    features = _features_of(_load_json(path), str(path))
+    annotations: list[Annotation] = []
+    skipped = repaired = 0
+    dx, dy = frame_offset_level0
+    for index, feature in enumerate(features):
+        where = f"{path}: feature {index}"
+        if not isinstance(feature, Mapping):
+            raise AnnotationError(f"{where}: not a JSON object")
+        geometry = feature.get("geometry")
+        if not isinstance(geometry, Mapping) or geometry.get("type") not in (
+            "Polygon",
+            "MultiPolygon",
+            "GeometryCollection",
+        ):
+            skipped += 1
+            continue
+        try:
+            geom = shape(geometry)
+        except (GEOSException, ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise AnnotationError(f"{where}: unreadable geometry ({exc})") from exc
+        if not geom.is_valid:
+            geom = shapely.make_valid(geom)
+            repaired += 1
+        parts = [p for p in polygon_parts(geom) if p.area > 0]
+        if not parts:
+            skipped += 1
+            continue
+        merged = shapely.unary_union(parts) if len(parts) > 1 else parts[0]
+        props = feature.get("properties")
+        props = props if isinstance(props, Mapping) else {}
+        object_type = props.get("objectType", props.get("object_type", props.get("type")))
+        annotations.append(
+            Annotation(
+                class_name=_class_name(props.get("classification"), where),
+                geometry=shapely.transform(merged, lambda c: c + np.array([dx, dy])),
+                object_type=str(object_type) if object_type else "annotation",
+            )
+        )
+    if skipped or repaired:
+        logger.info(
+            "%s: %d area annotations read, %d features without area skipped, %d repaired",
+            path, len(annotations), skipped, repaired,
+        )  # fmt: skip
+    if not annotations:
+        raise AnnotationError(
+            f"{path}: no polygon annotations among {len(features)} features "
+            f"({skipped} points, lines or empty shapes skipped); export area annotations"
+        )
+    return annotations
+
+
+def _qupath_geometry(geometry: BaseGeometry | Mapping[str, Any]) -> dict[str, Any]:
+    geom = geometry if isinstance(geometry, BaseGeometry) else shape(geometry)
+    snapped = shapely.set_precision(shapely.make_valid(geom), PRECISION_PX)
+    parts = [p for p in polygon_parts(snapped) if p.area > 0]
+    if not parts:
+        raise GeoJsonError(
+            f"{geom.geom_type} has no area after snapping to QuPath's {PRECISION_PX} px grid"
+        )
+    out = parts[0] if len(parts) == 1 else MultiPolygon(parts)
+    return dict(mapping(shapely.orient_polygons(out)))
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        with path.open("rb") as fh:
+            gzipped = fh.read(2) == b"\x1f\x8b"
+        opener = gzip_module.open if gzipped else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, EOFError) as exc:
+        raise GeoJsonError(f"{path}: cannot read GeoJSON ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GeoJsonError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _features_of(obj: Any, source: str) -> list[Any]:
+    if isinstance(obj, list):
+        return obj
+    if isinstance(obj, Mapping):
+        if obj.get("type") == "FeatureCollection":
+            features = obj.get("features")
+            if isinstance(features, list):
+                return features
+            raise GeoJsonError(f"{source}: FeatureCollection without a 'features' array")
+        if obj.get("type") == "Feature":
+            return [obj]
+    raise GeoJsonError(
+        f"{source}: top level must be a FeatureCollection, an array of features or one Feature"
+    )
+
+
+def _class_name(classification: Any, where: str) -> str | None:
+    if classification is None or isinstance(classification, str):
+        return classification or None
+    if isinstance(classification, Mapping):
+        names = classification.get("names")
+        if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+            return ": ".join(names)
+        name = classification.get("name")
+        if isinstance(name, str) and name:
+            return name
+    raise AnnotationError(f"{where}: classification {classification!r} has no class name")
+
+
+def _validate(obj: Any, source: str) -> None:
+    for index, feature in enumerate(_features_of(obj, source)):
+        problem = _feature_problem(feature)
+        if problem is not None:
+            fid = feature.get("id") if isinstance(feature, Mapping) else None
+            raise GeoJsonError(f"{source}: feature {index} (id {fid!r}): {problem}")
+
+
+def _feature_problem(feature: Any) -> str | None:
+    """The first QuPath rule ``feature`` breaks, or None."""
+    if not isinstance(feature, Mapping) or feature.get("type") != "Feature":
+        return "type must be 'Feature'"
+    fid = feature.get("id")
+    if not isinstance(fid, str) or not _UUID.match(fid):
+        return "id must be a UUID string (QuPath drops other ids)"
+    problem = _geometry_problem(feature.get("geometry"))
+    if problem is not None:
+        return problem
+    props = feature.get("properties")
+    if not isinstance(props, Mapping):
+        return "properties must be an object"
+    return _properties_problem(props)
+
+
+def _geometry_problem(geometry: Any) -> str | None:
+    if not isinstance(geometry, Mapping) or geometry.get("type") not in ("Polygon", "MultiPolygon"):
+        return "geometry type must be Polygon or MultiPolygon"
+    coords = geometry.get("coordinates")
+    polygons = [coords] if geometry["type"] == "Polygon" else coords
+    if not isinstance(polygons, (list, tuple)) or not polygons:
+        return "geometry coordinates must be a non-empty array"
+    if geometry["type"] == "MultiPolygon" and len(polygons) == 1:
+        return "MultiPolygon with a single part; write a Polygon"
+    for polygon in polygons:
+        if not isinstance(polygon, (list, tuple)) or not polygon:
+            return "each polygon must be a non-empty array of rings"
+        for ring in polygon:
+            problem = _ring_problem(ring)
+            if problem is not None:
+                return problem
+    geom = shape(geometry)
+    if not geom.is_valid:
+        return f"invalid polygon ({shapely.is_valid_reason(geom)})"
+    snapped = shapely.set_precision(geom, PRECISION_PX, mode="pointwise")
+    if not snapped.is_valid:
+        reason = shapely.is_valid_reason(snapped)
+        return f"invalid after QuPath's {PRECISION_PX} px snapping ({reason})"
+    if any(part.is_empty or part.area <= 0 for part in shapely.get_parts(snapped)):
+        return "empty or zero-area polygon"
+    return None
+
+
+def _ring_problem(ring: Any) -> str | None:
+    if not isinstance(ring, (list, tuple)) or len(ring) < 4:
+        return "each ring needs at least 4 positions"
+    for position in ring:
+        if (
+            not isinstance(position, (list, tuple))
+            or len(position) not in (2, 3)
+            or not all(_is_finite_number(v) for v in position)
+        ):
+            return f"position {position!r} must be [x, y] finite numbers"
+    if list(ring[0]) != list(ring[-1]):
+        return "ring not closed (first and last positions differ)"
+    return None
+
+
+def _properties_problem(props: Mapping[str, Any]) -> str | None:
+    if "type" in props:
+        return "properties must not contain 'type' (QuPath reads it as the object type)"
+    if props.get("objectType") not in OBJECT_TYPES:
+        return (
+            f"properties.objectType must be one of {OBJECT_TYPES}, got {props.get('objectType')!r}"
+        )
+    if "name" in props and not isinstance(props["name"], str):
+        return "properties.name must be a string"
+    if "isLocked" in props and not isinstance(props["isLocked"], bool):
+        return "properties.isLocked must be true or false"
+    if "classification" in props:
+        cls = props["classification"]
+        if not isinstance(cls, Mapping) or not isinstance(cls.get("name"), str) or not cls["name"]:
+            return "classification must be an object with a non-empty 'name'"
+        color = cls.get("color")
+        if (
+            not isinstance(color, (list, tuple))
+            or len(color) != 3
+            or not all(_is_byte(c) for c in color)
+        ):
+            return "classification.color must be [r, g, b] integers 0-255 (QuPath fails without it)"
+    measurements = props.get("measurements", {})
+    if not isinstance(measurements, Mapping):
+        return "measurements must be an object of name -> number"
+    for key, value in measurements.items():
+        if not (_is_finite_number(value) or value in SPECIAL_MEASUREMENTS):
+            return f"measurement {key!r} must be a finite number or one of {SPECIAL_MEASUREMENTS}"
+    metadata = props.get("metadata", {})
+    if not isinstance(metadata, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        return "metadata must be an object of string -> string"
+    return None
+
+
+def _is_byte(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,210 @@
+"""Patch labels from QuPath annotations, a CSV of points, or one label per slide.
+
+Annotation rule: a patch takes the class whose ROIs cover the largest fraction of it if that
+fraction is at least ``min_coverage``; otherwise ``background_class`` (class 0) when set, else
+-1 (unlabelled). ``roi_coverage`` is the fraction of the patch covered by any annotated ROI,
+which later stages use to build pixel masks for evaluation. Annotations are in QuPath's frame
+(level 0 minus the bounds offset).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import shapely
+
+from wsi_pixelcam.config import LabelConfig
+from wsi_pixelcam.errors import AnnotationError
+from wsi_pixelcam.geo.geojson import read_qupath_annotations
+
+log = logging.getLogger(__name__)
+
+UNLABELLED = -1
+
+
+@dataclass(frozen=True)
+class PatchLabels:
+    """Per-patch labels aligned with a grid, plus where they came from."""
+
+    labels: np.ndarray  # (N,) int16, -1 unlabelled
+    roi_coverage: np.ndarray  # (N,) float32
+    classes: list[str]
+    source: dict[str, str] = field(default_factory=dict)
+
+
+def unlabelled(n: int) -> PatchLabels:
+    return PatchLabels(
+        np.full(n, UNLABELLED, np.int16), np.zeros(n, np.float32), [], {"kind": "none"}
+    )
+
+
+def _class_list(found: Sequence[str], cfg: LabelConfig, origin: str) -> list[str]:
+    if cfg.classes is not None:
+        unknown = sorted(set(found) - set(cfg.classes))
+        if unknown:
+            raise AnnotationError(
+                f"{origin}: classes {unknown} are not in labels.classes {cfg.classes}"
+            )
+        return list(cfg.classes)
+    names = sorted(set(found) - {cfg.background_class})
+    return ([cfg.background_class] if cfg.background_class else []) + names
+
+
+def labels_from_annotations(
+    path: Path,
+    xy_level0: np.ndarray,
+    patch_level0: float,
+    slide_size: tuple[int, int],
+    frame_offset: tuple[int, int],
+    cfg: LabelConfig,
+) -> PatchLabels:
+    """Label patches by the area each annotated class covers."""
+    annotations = [a for a in read_qupath_annotations(path) if a.class_name]
+    if not annotations:
+        raise AnnotationError(f"{path}: no classified area annotations to label patches from")
+    by_class: dict[str, shapely.Geometry] = {}
+    for ann in annotations:
+        assert ann.class_name is not None
+        prev = by_class.get(ann.class_name)
+        by_class[ann.class_name] = (
+            ann.geometry if prev is None else shapely.union(prev, ann.geometry)
+        )
+    frame = shapely.box(
+        -frame_offset[0],
+        -frame_offset[1],
+        slide_size[0] - frame_offset[0],
+        slide_size[1] - frame_offset[1],
+    )
+    if not any(shapely.intersects(g, frame) for g in by_class.values()):
+        raise AnnotationError(
+            f"{path}: no annotation overlaps the slide ({slide_size[0]}x{slide_size[1]} px, "
+            f"frame offset {frame_offset}); is it another slide's annotation file, "
+            "or in another frame?"
+        )
+    classes = _class_list(list(by_class), cfg, str(path))
+    x0 = xy_level0[:, 0].astype(np.float64) - frame_offset[0]
+    y0 = xy_level0[:, 1].astype(np.float64) - frame_offset[1]
+    boxes = shapely.box(x0, y0, x0 + patch_level0, y0 + patch_level0)
+    area = patch_level0 * patch_level0
+    coverage = np.zeros((len(classes), len(boxes)), np.float64)
+    for name, geom in by_class.items():
+        if name == cfg.background_class:
+            continue
+        shapely.prepare(geom)
+        coverage[classes.index(name)] = shapely.area(shapely.intersection(boxes, geom)) / area
+    all_rois = shapely.union_all([g for n, g in by_class.items() if n != cfg.background_class])
+    roi_coverage = (
+        shapely.area(shapely.intersection(boxes, all_rois)) / area if len(boxes) else np.zeros(0)
+    )
+    best = coverage.argmax(axis=0) if len(boxes) else np.zeros(0, np.int64)
+    best_cov = coverage.max(axis=0) if len(boxes) else np.zeros(0)
+    fallback = (
+        classes.index(cfg.background_class) if cfg.background_class in classes else UNLABELLED
+    )
+    labels = np.where(best_cov >= cfg.min_coverage, best, fallback).astype(np.int16)
+    return PatchLabels(
+        labels,
+        np.asarray(roi_coverage, np.float32),
+        classes,
+        {"kind": "annotations", "path": str(path), "min_coverage": str(cfg.min_coverage)},
+    )
+
+
+def read_label_csv(path: Path) -> dict[str, list[tuple[int, int, str]]]:
+    """Rows of a (slide, x, y, label) CSV grouped by slide id (x, y are level-0 pixels)."""
+    try:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"slide", "x", "y", "label"} - set(reader.fieldnames or [])
+            if missing:
+                raise AnnotationError(f"{path}: label CSV lacks columns {sorted(missing)}")
+            rows: dict[str, list[tuple[int, int, str]]] = {}
+            for line_no, row in enumerate(reader, start=2):
+                try:
+                    point = (int(float(row["x"])), int(float(row["y"])), row["label"].strip())
+                except (TypeError, ValueError) as exc:
+                    raise AnnotationError(f"{path}:{line_no}: bad x/y ({exc})") from exc
+                rows.setdefault(Path(row["slide"]).stem if row["slide"] else "", []).append(point)
+    except OSError as exc:
+        raise AnnotationError(f"{path}: cannot read label CSV ({exc.strerror or exc})") from exc
+    return rows
+
+
+def labels_from_points(
+    points: Sequence[tuple[int, int, str]],
+    xy_level0: np.ndarray,
+    patch_level0: float,
+    cfg: LabelConfig,
+    origin: str,
+) -> PatchLabels:
+    """Each point labels the patch containing it whose top-left is nearest."""
+    classes = _class_list([p[2] for p in points], cfg, origin)
+    labels = np.full(xy_level0.shape[0], UNLABELLED, np.int16)
+    unmatched = 0
+    for x, y, name in points:
+        dx, dy = x - xy_level0[:, 0], y - xy_level0[:, 1]
+        inside = np.flatnonzero((dx >= 0) & (dy >= 0) & (dx < patch_level0) & (dy < patch_level0))
+        if inside.size == 0:
+            unmatched += 1
+            continue
+        labels[inside[np.argmin(dx[inside] ** 2 + dy[inside] ** 2)]] = classes.index(name)
+    if unmatched:
+        log.warning("%s: %d label points fall on no kept patch", origin, unmatched)
+    return PatchLabels(
+        labels, np.zeros(xy_level0.shape[0], np.float32), classes, {"kind": "csv", "path": origin}
+    )
+
+
+def labels_from_slide_label(n: int, label: str, cfg: LabelConfig) -> PatchLabels:
+    """Every patch takes the slide's label (weak, slide-level supervision)."""
+    classes = _class_list([label], cfg, "manifest")
+    return PatchLabels(
+        np.full(n, classes.index(label), np.int16),
+        np.zeros(n, np.float32),
+        classes,
+        {"kind": "slide", "label": label},
+    )
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Where a slide's patch labels come from (at most one of the three)."""
+
+    annotations: Path | None = None
+    points: tuple[tuple[int, int, str], ...] | None = None
+    slide_label: str | None = None
+
+    def describe(self) -> str:
+        if self.annotations is not None:
+            return f"annotations {self.annotations}"
+        if self.points is not None:
+            return f"{len(self.points)} CSV points"
+        if self.slide_label is not None:
+            return f"slide label {self.slide_label!r}"
+        return "none"
+
+
+def compute_labels(
+    source: LabelSource,
+    xy_level0: np.ndarray,
+    patch_level0: float,
+    slide_size: tuple[int, int],
+    frame_offset: tuple[int, int],
+    cfg: LabelConfig,
+    origin: str,
+) -> PatchLabels:
+    """Dispatch to the rule for ``source``; no source gives unlabelled patches."""
+    if source.annotations is not None:
+        return labels_from_annotations(
+            source.annotations, xy_level0, patch_level0, slide_size, frame_offset, cfg
+        )
+    if source.points is not None:
+        return labels_from_points(source.points, xy_level0, patch_level0, cfg, origin)
+    if source.slide_label is not None:
+        return labels_from_slide_label(xy_level0.shape[0], source.slide_label, cfg)
+    return unlabelled(xy_level0.shape[0])

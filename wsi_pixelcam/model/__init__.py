@@ -1,0 +1,1 @@
+"""PixelCAM networks on timm encoders: model, CAMs, seeds and losses (no slides, no zarr)."""

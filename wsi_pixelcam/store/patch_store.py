@@ -1,0 +1,274 @@
+"""The patch store: one zarr v3 group per slide, the contract between tiling and the model.
+
+Arrays: ``patches`` (N, P, P, 3) uint8, ``coords`` (N, 2) int64 level-0 (x, y) top-left,
+``tissue_frac`` (N,) float32, ``labels`` (N,) int16 (-1 unlabelled), ``label_coverage`` (N,)
+float32, ``thumbnail`` (h, w, 3) and ``tissue_mask`` (h, w) for QC. Later stages may add
+``cams``. Attrs carry provenance and ``complete: true``, written last. The store is built
+under a temporary name beside its final path and renamed into place when complete, so a
+crash never leaves something that looks finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import BytesCodec, ZstdCodec
+
+from wsi_pixelcam.errors import StoreError
+from wsi_pixelcam.store.jpeg_codec import JpegCodec
+
+SCHEMA = "wsi-pixelcam.patch-store"
+SCHEMA_VERSION = 1
+TMP_MARK = ".tmp-"
+
+
+def shard_patches(patch_px: int, shard_mib: float) -> int:
+    """Patches per shard so one uncompressed shard is about ``shard_mib`` MiB (1..1024)."""
+    per_patch = patch_px * patch_px * 3
+    return int(max(1, min(1024, (shard_mib * 2**20) // per_patch)))
+
+
+class PatchStoreWriter:
+    """Builds a store under a temporary name; :meth:`finalize` renames it into place.
+
+    Patches are appended in order and flushed one whole shard at a time, so no shard is
+    ever read back and rewritten.
+    """
+
+    def __init__(
+        self,
+        final_path: Path,
+        *,
+        patch_px: int,
+        capacity: int,
+        compression: str = "jpeg",
+        jpeg_quality: int = 90,
+        shard_mib: float = 16.0,
+    ) -> None:
+        self.final_path = Path(final_path)
+        self.tmp_path = self.final_path.with_name(
+            f"{self.final_path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+        )
+        self.patch_px = patch_px
+        self._shard = shard_patches(patch_px, shard_mib)
+        self._group = zarr.open_group(self.tmp_path, mode="w-", zarr_format=3)
+        capacity = max(capacity, 1)
+        if compression == "jpeg":
+            serializer: Any = JpegCodec(quality=jpeg_quality)
+            compressors: Any = None
+        else:
+            serializer, compressors = BytesCodec(), ZstdCodec(level=5)
+        self._patches = self._group.create_array(
+            "patches",
+            shape=(capacity, patch_px, patch_px, 3),
+            chunks=(1, patch_px, patch_px, 3),
+            shards=(self._shard, patch_px, patch_px, 3),
+            dtype="uint8",
+            serializer=serializer,
+            compressors=compressors,
+            dimension_names=("patch", "y", "x", "rgb"),
+        )
+        self._buffer: list[np.ndarray] = []
+        self._coords: list[np.ndarray] = []
+        self._tissue: list[float] = []
+        self._written = 0
+
+    @property
+    def count(self) -> int:
+        return self._written + len(self._buffer)
+
+    def append(self, patch: np.ndarray, xy_level0: tuple[int, int], tissue_frac: float) -> None:
+        self._buffer.append(patch)
+        self._coords.append(np.asarray(xy_level0, dtype=np.int64))
+        self._tissue.append(float(tissue_frac))
+        if len(self._buffer) == self._shard:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        start = self._written
+        stop = start + len(self._buffer)
+        if stop > self._patches.shape[0]:
+            self._patches.resize((stop, *self._patches.shape[1:]))
+        self._patches[start:stop] = np.stack(self._buffer)
+        self._written = stop
+        self._buffer.clear()
+
+    def finalize(
+        self,
+        attrs: Mapping[str, Any],
+        *,
+        labels: np.ndarray | None = None,
+        label_coverage: np.ndarray | None = None,
+        thumbnail: np.ndarray | None = None,
+        tissue_mask: np.ndarray | None = None,
+    ) -> Path:
+        """Write the small arrays and attrs, mark complete, rename into place."""
+        self._flush()
+        n = self._written
+        self._patches.resize((n, *self._patches.shape[1:]))
+        coords = np.stack(self._coords) if self._coords else np.zeros((0, 2), np.int64)
+        small: dict[str, np.ndarray] = {
+            "coords": coords.astype(np.int64),
+            "tissue_frac": np.asarray(self._tissue, dtype=np.float32),
+            "labels": (np.full(n, -1, np.int16) if labels is None else labels.astype(np.int16)),
+            "label_coverage": (
+                np.zeros(n, np.float32)
+                if label_coverage is None
+                else label_coverage.astype(np.float32)
+            ),
+        }
+        if thumbnail is not None:
+            small["thumbnail"] = thumbnail.astype(np.uint8)
+        if tissue_mask is not None:
+            small["tissue_mask"] = tissue_mask.astype(np.uint8)
+        for name, values in small.items():
+            if values.shape[:1] != (n,) and name not in ("thumbnail", "tissue_mask"):
+                raise ValueError(f"{name} has {values.shape[0]} rows for {n} patches")
+            _write_small(self._group, name, values)
+        self._group.attrs.update(json_safe(dict(attrs)))
+        self._group.attrs.update(
+            {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "n_patches": n}
+        )
+        self._group.attrs["complete"] = True
+        replace_dir(self.tmp_path, self.final_path)
+        return self.final_path
+
+    def abort(self) -> None:
+        """Remove the temporary store (on error); the final path is untouched."""
+        shutil.rmtree(self.tmp_path, ignore_errors=True)
+
+
+def _write_small(group: zarr.Group, name: str, values: np.ndarray) -> None:
+    chunks = values.shape if values.size else tuple(max(1, s) for s in values.shape)
+    arr = group.create_array(
+        name,
+        shape=values.shape,
+        chunks=chunks,
+        dtype=values.dtype,
+        compressors=ZstdCodec(level=3),
+        overwrite=True,
+    )
+    if values.size:
+        arr[...] = values
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``; an existing ``dst`` is moved aside first and then deleted."""
+    old = None
+    if dst.exists():
+        old = dst.with_name(f"{dst.name}{TMP_MARK}old-{uuid.uuid4().hex[:8]}")
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def json_safe(value: Any) -> Any:
+    """Round-trip through JSON so numpy scalars and paths become plain values."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class PatchStore:
+    """A complete patch store opened for reading (arrays stay lazy on disk)."""
+
+    path: Path
+    group: zarr.Group
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @property
+    def patches(self) -> zarr.Array:
+        return self._array("patches")
+
+    @property
+    def coords(self) -> np.ndarray:
+        return np.asarray(self._array("coords")[...])
+
+    @property
+    def tissue_frac(self) -> np.ndarray:
+        return np.asarray(self._array("tissue_frac")[...])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self._array("labels")[...])
+
+    @property
+    def label_coverage(self) -> np.ndarray:
+        return np.asarray(self._array("label_coverage")[...])
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.attrs.get("labels", {}).get("classes", []))
+
+    def __len__(self) -> int:
+        return int(self.patches.shape[0])
+
+    def has(self, name: str) -> bool:
+        return name in self.group
+
+    def _array(self, name: str) -> zarr.Array:
+        node = self.group.get(name)
+        if not isinstance(node, zarr.Array):
+            raise StoreError(f"{self.path}: no '{name}' array in the patch store")
+        return node
+
+
+def read_store_attrs(path: Path) -> dict[str, Any] | None:
+    """The attrs of a store at ``path``, or None if there is no readable zarr group there."""
+    try:
+        return dict(zarr.open_group(path, mode="r").attrs)
+    except Exception:
+        return None
+
+
+def is_complete(attrs: Mapping[str, Any] | None) -> bool:
+    return bool(
+        attrs
+        and attrs.get("complete") is True
+        and attrs.get("schema") == SCHEMA
+        and attrs.get("schema_version") == SCHEMA_VERSION
+    )
+
+
+def open_patch_store(path: str | Path, mode: str = "r") -> PatchStore:
+    """Open a complete store; an unfinished or foreign one raises StoreError saying what to do."""
+    path = Path(path)
+    if not path.exists():
+        raise StoreError(f"{path}: no such patch store")
+    attrs = read_store_attrs(path)
+    if attrs is None:
+        raise StoreError(f"{path}: not a zarr v3 group")
+    if attrs.get("schema") != SCHEMA:
+        raise StoreError(f"{path}: not a wsi-pixelcam patch store")
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: patch store schema {attrs.get('schema_version')} is not the supported "
+            f"{SCHEMA_VERSION}; re-tile the slide"
+        )
+    if attrs.get("complete") is not True:
+        raise StoreError(f"{path}: patch store is incomplete (interrupted run); re-run tile")
+    return PatchStore(path, zarr.open_group(path, mode=mode))  # type: ignore[arg-type]

@@ -1,0 +1,71 @@
+"""Quality-control files for a tiled slide: thumbnail, mask, overlay and tissue outline.
+
+Written to ``<slide_id>.qc/`` beside the store (built under a temporary name, then renamed),
+so they can be opened without zarr: the PNGs in any viewer, the GeoJSON in QuPath.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from wsi_pixelcam.geo.geojson import annotation_feature, write_geojson
+from wsi_pixelcam.geo.polygons import polygons_from_mask
+from wsi_pixelcam.store.patch_store import replace_dir
+from wsi_pixelcam.tiling.tissue import overlay
+
+TISSUE_CLASS = "Tissue"
+TISSUE_COLOR = (0, 160, 0)
+
+
+def write_qc(
+    qc_dir: Path,
+    thumbnail: np.ndarray,
+    mask: np.ndarray,
+    *,
+    level0_per_px: float,
+    mpp_level0: float,
+    frame_offset: tuple[int, int],
+    min_hole_um2: float,
+    metadata: dict[str, str],
+) -> dict[str, str]:
+    """Write the QC files; returns their names relative to ``qc_dir``."""
+    tmp = qc_dir.with_name(f"{qc_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir(parents=True)
+    try:
+        Image.fromarray(thumbnail).save(tmp / "thumbnail.png")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(tmp / "tissue_mask.png")
+        Image.fromarray(overlay(thumbnail, mask)).save(tmp / "tissue_overlay.png")
+        polygons = polygons_from_mask(
+            mask,
+            level0_per_px=level0_per_px,
+            mpp_level0=mpp_level0,
+            frame_offset_level0=(float(frame_offset[0]), float(frame_offset[1])),
+            min_hole_um2=min_hole_um2,
+        )
+        features = [
+            annotation_feature(
+                poly,
+                class_name=TISSUE_CLASS,
+                color=TISSUE_COLOR,
+                name=f"Tissue {i + 1}",
+                measurements={"area_um2": float(poly.area) * mpp_level0**2},
+                metadata=metadata,
+            )
+            for i, poly in enumerate(polygons)
+        ]
+        write_geojson(tmp / "tissue.geojson", features)
+        replace_dir(tmp, qc_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {
+        "thumbnail": "thumbnail.png",
+        "tissue_mask": "tissue_mask.png",
+        "overlay": "tissue_overlay.png",
+        "tissue_geojson": "tissue.geojson",
+    }

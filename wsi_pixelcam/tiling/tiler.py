@@ -1,0 +1,327 @@
+"""``tile_slide``: one slide file in, one complete patch store out (or a clear error)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_pixelcam.config import TileConfig
+from wsi_pixelcam.errors import NoTissueError, SlideReadError, StoreError
+from wsi_pixelcam.geometry import LevelChoice, choose_level
+from wsi_pixelcam.labels import LabelSource, compute_labels
+from wsi_pixelcam.slide import SlideReader, open_slide, resolve_mpp
+from wsi_pixelcam.store.lock import StoreLock
+from wsi_pixelcam.store.outdir import ensure_writable_dir
+from wsi_pixelcam.store.patch_store import PatchStoreWriter, is_complete, read_store_attrs
+from wsi_pixelcam.tiling.grid import Grid, build_grid
+from wsi_pixelcam.tiling.patch_reader import iter_patches
+from wsi_pixelcam.tiling.qc import write_qc
+from wsi_pixelcam.tiling.tissue import detect_tissue, read_thumbnail
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+"""Called with (patches done, patches total) as a slide is tiled."""
+
+_VERSIONED = (
+    "wsi-pixelcam",
+    "numpy",
+    "zarr",
+    "tiffslide",
+    "tifffile",
+    "openslide-python",
+    "openslide-bin",
+    "imagecodecs",
+    "scikit-image",
+    "shapely",
+    "pillow",
+)
+
+
+@dataclass(frozen=True)
+class TilingResult:
+    """What happened to one slide; small enough to cross process boundaries."""
+
+    slide_id: str
+    store_path: str
+    status: str  # "ok" or "skipped"
+    n_patches: int
+    n_bad_patches: int
+    mpp: float
+    mpp_source: str
+    backend: str
+    seconds: float
+    message: str = ""
+
+
+def store_path_for(out_dir: Path, slide_id: str) -> Path:
+    return Path(out_dir) / f"{slide_id}.zarr"
+
+
+def requested_params(
+    cfg: TileConfig, mpp_override: float | None, labels: LabelSource
+) -> dict[str, Any]:
+    """Everything that decides a store's content; a stored copy that differs is stale."""
+    return {**cfg.grid_params(), "mpp_override": mpp_override, "label_source": labels.describe()}
+
+
+def tile_slide(
+    slide_path: str | Path,
+    cfg: TileConfig,
+    out_dir: str | Path,
+    *,
+    slide_id: str | None = None,
+    mpp_override: float | None = None,
+    labels: LabelSource | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> TilingResult:
+    """Tile one slide into ``out_dir/<slide_id>.zarr``.
+
+    A complete store tiled with the same parameters is skipped; one tiled with other
+    parameters is refused unless ``overwrite`` (so a config typo never silently wipes a
+    cohort's stores). Raises a WsiPixelcamError subclass naming the file on bad input.
+    """
+    started = time.perf_counter()
+    labels = labels or LabelSource()
+    slide_path = Path(slide_path)
+    out_dir = Path(out_dir)
+    slide_id = slide_id or slide_path.stem
+    final = store_path_for(out_dir, slide_id)
+    wanted = requested_params(cfg, mpp_override, labels)
+    existing = read_store_attrs(final) if final.exists() else None
+    if is_complete(existing):
+        assert existing is not None
+        if existing.get("requested") == wanted:
+            return TilingResult(
+                slide_id,
+                str(final),
+                "skipped",
+                int(existing.get("n_patches", 0)),
+                int(existing.get("tiling", {}).get("n_bad_patches", 0)),
+                float(existing.get("mpp", {}).get("value", 0.0)),
+                str(existing.get("mpp", {}).get("source", "")),
+                str(existing.get("slide", {}).get("backend", "")),
+                time.perf_counter() - started,
+                "complete store with the same parameters",
+            )
+        if not overwrite:
+            changed = sorted(k for k in wanted if existing.get("requested", {}).get(k) != wanted[k])
+            raise StoreError(
+                f"{final}: already tiled with other parameters ({', '.join(changed)} differ); "
+                "pass --overwrite to re-tile it"
+            )
+    ensure_writable_dir(out_dir)
+    with StoreLock(final):
+        return _tile_locked(
+            slide_path, cfg, final, slide_id, mpp_override, labels, wanted, progress, started
+        )
+
+
+def _tile_locked(
+    slide_path: Path,
+    cfg: TileConfig,
+    final: Path,
+    slide_id: str,
+    mpp_override: float | None,
+    label_source: LabelSource,
+    wanted: dict[str, Any],
+    progress: ProgressFn | None,
+    started: float,
+) -> TilingResult:
+    with open_slide(slide_path, cfg.backend) as reader:
+        mpp = resolve_mpp(reader, mpp_override)
+        choice = choose_level(reader.level_downsamples, mpp.mean, cfg.target_mpp, cfg.mpp_tolerance)
+        thumb = read_thumbnail(reader, mpp.mean, cfg.tissue.thumbnail_mpp)
+        thumb_px_level0 = float(np.mean(thumb.level0_per_px))
+        mask = detect_tissue(thumb.rgb, thumb_px_level0 * mpp.mean, cfg.tissue)
+        if not mask.any():
+            raise NoTissueError(
+                f"{slide_path}: no tissue found (blank slide, or lower tissue.min_saturation)"
+            )
+        grid = build_grid(
+            reader.dimensions,
+            choice.scale_level0,
+            cfg.patch_px,
+            cfg.stride,
+            mask,
+            thumb.level0_per_px,
+            cfg.min_tissue_frac,
+        )
+        if len(grid) == 0:
+            raise NoTissueError(
+                f"{slide_path}: no {cfg.patch_px} px patch at {cfg.target_mpp} um/px has "
+                f"{cfg.min_tissue_frac:.0%} tissue; lower min_tissue_frac or patch_px"
+            )
+        patch_level0 = cfg.patch_px * choice.scale_level0
+        labels = compute_labels(
+            label_source,
+            grid.xy_level0,
+            patch_level0,
+            reader.dimensions,
+            reader.bounds_offset,
+            cfg.labels,
+            str(slide_path),
+        )
+        qc_files = write_qc(
+            final.with_name(f"{slide_id}.qc"),
+            thumb.rgb,
+            mask,
+            level0_per_px=thumb_px_level0,
+            mpp_level0=mpp.mean,
+            frame_offset=reader.bounds_offset,
+            min_hole_um2=cfg.tissue.min_hole_um2,
+            metadata={"slide": slide_path.name, "frame": "qupath (level0 minus bounds offset)"},
+        )
+        writer = PatchStoreWriter(
+            final,
+            patch_px=cfg.patch_px,
+            capacity=len(grid),
+            compression=cfg.store.compression,
+            jpeg_quality=cfg.store.jpeg_quality,
+            shard_mib=cfg.store.shard_mib,
+        )
+        try:
+            kept, bad = _write_patches(writer, reader, choice, grid, cfg, progress)
+            bad_frac = len(bad) / len(grid)
+            if bad_frac > cfg.max_bad_patch_frac:
+                raise SlideReadError(
+                    f"{slide_path}: {len(bad)} of {len(grid)} patches could not be decoded "
+                    f"({bad_frac:.1%} > max_bad_patch_frac {cfg.max_bad_patch_frac:.1%}); "
+                    "the file is corrupt or truncated"
+                )
+            if bad:
+                log.warning("%s: skipped %d undecodable patches", slide_path, len(bad))
+            attrs = {
+                "slide_id": slide_id,
+                "slide": _slide_attrs(slide_path, reader),
+                "mpp": {**mpp.as_dict(), "value": mpp.mean},
+                "tiling": {
+                    "target_mpp": cfg.target_mpp,
+                    "effective_mpp": choice.scale_level0 * mpp.mean,
+                    "patch_px": cfg.patch_px,
+                    "stride_px": cfg.stride,
+                    "patch_level0": patch_level0,
+                    "stride_level0": cfg.stride * choice.scale_level0,
+                    "read_level": choice.level,
+                    "read_level_downsample": choice.level_downsample,
+                    "resize_factor": choice.resize_factor,
+                    "min_tissue_frac": cfg.min_tissue_frac,
+                    "n_candidates": grid.n_candidates,
+                    "n_bad_patches": len(bad),
+                    "bad_patch_xy_level0": [grid.xy_level0[i].tolist() for i in bad[:100]],
+                    "order": "blocks of neighbouring patches; coords are authoritative",
+                },
+                "tissue": {**cfg.tissue.model_dump(), "thumbnail_level0_per_px": thumb_px_level0},
+                "store": cfg.store.model_dump(),
+                "labels": {
+                    "classes": labels.classes,
+                    "source": labels.source,
+                    "rule": cfg.labels.model_dump(),
+                },
+                "qc": {"dir": f"{slide_id}.qc", **qc_files},
+                "requested": wanted,
+                "versions": _versions(),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            writer.finalize(
+                attrs,
+                labels=labels.labels[kept],
+                label_coverage=labels.roi_coverage[kept],
+                thumbnail=thumb.rgb,
+                tissue_mask=mask,
+            )
+        except BaseException:
+            writer.abort()
+            raise
+        return TilingResult(
+            slide_id,
+            str(final),
+            "ok",
+            len(kept),
+            len(bad),
+            mpp.mean,
+            mpp.source,
+            reader.backend.name,
+            time.perf_counter() - started,
+        )
+
+
+def _write_patches(
+    writer: PatchStoreWriter,
+    reader: SlideReader,
+    choice: LevelChoice,
+    grid: Grid,
+    cfg: TileConfig,
+    progress: ProgressFn | None,
+) -> tuple[np.ndarray, list[int]]:
+    """Stream patches into the writer; return (kept grid indices, bad grid indices)."""
+    kept: list[int] = []
+    bad: list[int] = []
+    total = len(grid)
+    for read in iter_patches(
+        reader, choice, grid.target_xy, cfg.patch_px, cfg.stride, cfg.read_threads
+    ):
+        if read.pixels is None:
+            bad.append(read.index)
+        else:
+            writer.append(
+                read.pixels, tuple(grid.xy_level0[read.index]), grid.tissue_frac[read.index]
+            )
+            kept.append(read.index)
+        done = len(kept) + len(bad)
+        if progress is not None and (done % 64 == 0 or done == total):
+            progress(done, total)
+    return np.asarray(kept, dtype=np.int64), bad
+
+
+def _slide_attrs(path: Path, reader: SlideReader) -> dict[str, Any]:
+    size, digest = _quick_hash(path)
+    return {
+        "path": str(path.resolve()),
+        "name": path.name,
+        "size_bytes": size,
+        "content_hash": digest,
+        "hash_method": "sha256 of size + first and last MiB",
+        "backend": reader.backend.name,
+        "backend_version": reader.backend.version,
+        "backend_reason": reader.backend.reason,
+        "dimensions_level0": list(reader.dimensions),
+        "level_dimensions": [list(d) for d in reader.level_dimensions],
+        "level_downsamples": list(reader.level_downsamples),
+        "bounds_offset": list(reader.bounds_offset),
+    }
+
+
+def _quick_hash(path: Path) -> tuple[int, str]:
+    """Identify a (possibly many-GB) slide without reading it all."""
+    if path.is_dir():
+        return 0, ""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(2**20))
+        if size > 2**20:
+            handle.seek(max(2**20, size - 2**20))
+            digest.update(handle.read(2**20))
+    return size, digest.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
