@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     tile.add_argument("--min-tissue-frac", type=float, help="minimum tissue fraction (default 0.5)")
     tile.add_argument("--backend", choices=("auto", "tiffslide", "openslide"))
     tile.add_argument(
-        "--jpeg-quality", type=int, help="JPEG quality of stored patches (default 90)"
+        "--jpeg-quality", type=int, help="JPEG quality of stored patches (default 80)"
     )
     tile.add_argument("--lossless", action="store_true", help="store patches losslessly (zstd)")
     tile.add_argument(

@@ -37,7 +37,7 @@ class StoreConfig(_Strict):
     """How patches are compressed in the zarr store."""
 
     compression: Literal["jpeg", "lossless"] = "jpeg"
-    jpeg_quality: int = Field(90, ge=1, le=100)
+    jpeg_quality: int = Field(80, ge=1, le=100)
     shard_mib: float = Field(16.0, gt=0, description="target size of one uncompressed shard")
 
 

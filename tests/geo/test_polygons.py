@@ -9,6 +9,7 @@ import zarr
 from shapely.geometry import Polygon
 
 from wsi_pixelcam.geo.polygons import polygons_from_chunked_map, polygons_from_mask
+from wsi_pixelcam.store.heatmap_store import Block, HeatmapStore, open_heatmap
 
 S = 2.5  # level-0 px per mask px: non-trivial but exact on QuPath's 0.01 px grid
 MPP0 = 0.25
@@ -163,3 +164,15 @@ def test_bad_input_is_rejected():
         polygons_from_mask(np.ones((2, 2), bool), level0_per_px=0, mpp_level0=1)
     with pytest.raises(ValueError, match="chunk_px"):
         polygons_from_chunked_map(np.ones((2, 2)), 0.5, chunk_px=0, level0_per_px=1, mpp_level0=1)
+
+
+def test_polygons_from_a_finished_heatmap_store(tmp_path):
+    store = HeatmapStore.create(tmp_path / "h.zarr", (50, 70), 2.0, level0_per_px=8.0, chunk_px=16)
+    weight = np.ones((20, 30), np.float32)
+    store.add([Block(10, 25, 0.9 * weight[None], weight)])  # crosses chunk seams both ways
+    heatmap = open_heatmap(store.finalize())
+    (poly,) = polygons_from_chunked_map(
+        heatmap.plane(0), 0.5, chunk_px=16, level0_per_px=heatmap.level0_per_px, mpp_level0=0.25
+    )
+    assert poly.bounds == (25 * 8, 10 * 8, 55 * 8, 30 * 8)
+    assert poly.area == 20 * 30 * 64

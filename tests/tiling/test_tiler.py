@@ -1,6 +1,7 @@
 """tile_slide on real generated slides: exact grids, MPP sources, resampling, bad input."""
 
 import json
+import socket
 
 import numpy as np
 import pytest
@@ -108,6 +109,17 @@ def test_interrupted_run_leaves_nothing_complete_and_rerun_finishes(tmp_path, sl
     assert calls and not (tmp_path / "svs_slide.zarr").exists()
     assert not list(tmp_path.glob("*.tmp-*")) and not list(tmp_path.glob("*.lock"))
     assert tile_slide(slides["svs"], CFG, tmp_path).status == "ok"
+
+
+def test_rerun_after_kill_cleans_temporaries_and_stale_lock(tmp_path, slides):
+    # what `kill -9` mid-run leaves: a half-written temp store, temp QC dir, a dead pid's lock
+    (tmp_path / "svs_slide.zarr.tmp-deadbeef" / "patches").mkdir(parents=True)
+    (tmp_path / "svs_slide.qc.tmp-deadbeef").mkdir()
+    (tmp_path / "svs_slide.zarr.lock").write_text(
+        json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345})
+    )
+    assert tile_slide(slides["svs"], CFG, tmp_path).status == "ok"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["svs_slide.qc", "svs_slide.zarr"]
 
 
 def test_no_mpp_fails_naming_option_and_override_works(tmp_path, slides):

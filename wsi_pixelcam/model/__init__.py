@@ -1,1 +1,6 @@
-"""PixelCAM networks on timm encoders: model, CAMs, seeds and losses (no slides, no zarr)."""
+"""PixelCAM networks on timm encoders: model, CAMs, seeds and losses (no slides, no zarr).
+
+Import the submodules directly (``encoders``, ``pixelcam``, ``cam``, ``seeds``, ``losses``):
+only ``encoders`` and what builds on it load timm, so data workers that just draw seeds stay
+light.
+"""

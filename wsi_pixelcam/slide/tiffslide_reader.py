@@ -1,7 +1,12 @@
-"""Adapter for tiffslide (pure Python on tifffile; SVS, generic and OME TIFF, NDPI)."""
+"""Adapter for tiffslide (pure Python on tifffile; SVS, generic and OME TIFF, NDPI).
+
+Plain tiled RGB levels are decoded directly (see ``tiff_tiles``) so reads scale across
+threads; other layouts go through tiffslide's ``read_region``.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from wsi_pixelcam.slide.base import BackendChoice, SlideReader
+from wsi_pixelcam.slide.tiff_tiles import tiled_levels
 
 
 class TiffSlideReader(SlideReader):
@@ -17,6 +23,7 @@ class TiffSlideReader(SlideReader):
 
         self._slide: Any = tiffslide.TiffSlide(path)
         super().__init__(path, BackendChoice("tiffslide", tiffslide.__version__, reason))
+        self._fast, self._fd = tiled_levels(self._slide.ts_tifffile, self.level_dimensions, path)
 
     @property
     def level_dimensions(self) -> tuple[tuple[int, int], ...]:
@@ -30,15 +37,15 @@ class TiffSlideReader(SlideReader):
     def properties(self) -> Mapping[str, str]:
         return {k: str(v) for k, v in self._slide.properties.items() if v is not None}
 
-    @property
-    def tiff_series_levels(self) -> Any:
-        """tifffile's pages for each level, for TIFF tag fallbacks (resolution tags)."""
-        return self._slide.ts_tifffile.series[self._slide.ts_series_index].levels
-
     def _read_region(
         self, xy_level0: tuple[int, int], level: int, size: tuple[int, int]
     ) -> np.ndarray:
-        return np.asarray(self._slide.read_region(xy_level0, level, size, as_array=True))
+        fast = self._fast[level]
+        if fast is None:
+            return np.asarray(self._slide.read_region(xy_level0, level, size, as_array=True))
+        ds = self.level_downsamples[level]
+        return fast.read(int(xy_level0[0] / ds), int(xy_level0[1] / ds), size[0], size[1])
 
     def close(self) -> None:
+        os.close(self._fd)
         self._slide.close()

@@ -8,6 +8,7 @@ JPEG decode. Registered under ``wsi_pixelcam.jpeg``: readers must import this mo
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -43,14 +44,16 @@ class JpegCodec(ArrayBytesCodec):
             raise ValueError(f"{CODEC_NAME} stores uint8 RGB arrays (..., 3), not {dtype} {shape}")
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        image = imagecodecs.jpeg_decode(chunk_bytes.to_bytes())
+        # in a worker thread: zarr runs codecs on one event-loop thread, and imagecodecs
+        # releases the GIL, so this is what lets a shard's patches decode in parallel
+        image = await asyncio.to_thread(imagecodecs.jpeg_decode, chunk_bytes.to_bytes())
         pixels: Any = np.ascontiguousarray(image).reshape(chunk_spec.shape)
         return chunk_spec.prototype.nd_buffer.from_ndarray_like(pixels)
 
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:
         image = np.asarray(chunk_array.as_ndarray_like())
         image = image.reshape(image.shape[-3:])
-        encoded = imagecodecs.jpeg_encode(image, level=self.quality)
+        encoded = await asyncio.to_thread(imagecodecs.jpeg_encode, image, level=self.quality)
         return chunk_spec.prototype.buffer.from_bytes(encoded)
 
     def compute_encoded_size(self, input_byte_length: int, chunk_spec: ArraySpec) -> int:

@@ -15,6 +15,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,17 @@ class PatchStoreWriter:
             serializer=serializer,
             compressors=compressors,
             dimension_names=("patch", "y", "x", "rgb"),
+            # every patch holds tissue: skip zarr's per-chunk "all fill value?" scan (40% of
+            # write time when profiled)
+            config={"write_empty_chunks": True},
         )
         self._buffer: list[np.ndarray] = []
         self._coords: list[np.ndarray] = []
         self._tissue: list[float] = []
         self._written = 0
+        # one shard is encoded and written in the background while the next one fills
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-store")
+        self._pending: Future[None] | None = None
 
     @property
     def count(self) -> int:
@@ -99,10 +106,18 @@ class PatchStoreWriter:
         start = self._written
         stop = start + len(self._buffer)
         if stop > self._patches.shape[0]:
+            self._wait()
             self._patches.resize((stop, *self._patches.shape[1:]))
-        self._patches[start:stop] = np.stack(self._buffer)
+        block = np.stack(self._buffer)
+        self._wait()  # at most one shard in flight: memory stays at two shards
+        self._pending = self._writer.submit(self._patches.__setitem__, slice(start, stop), block)
         self._written = stop
         self._buffer.clear()
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def finalize(
         self,
@@ -115,6 +130,8 @@ class PatchStoreWriter:
     ) -> Path:
         """Write the small arrays and attrs, mark complete, rename into place."""
         self._flush()
+        self._wait()
+        self._writer.shutdown()
         n = self._written
         self._patches.resize((n, *self._patches.shape[1:]))
         coords = np.stack(self._coords) if self._coords else np.zeros((0, 2), np.int64)
@@ -146,6 +163,7 @@ class PatchStoreWriter:
 
     def abort(self) -> None:
         """Remove the temporary store (on error); the final path is untouched."""
+        self._writer.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.tmp_path, ignore_errors=True)
 
 
@@ -172,6 +190,16 @@ def replace_dir(src: Path, dst: Path) -> None:
     os.replace(src, dst)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_stale_temporaries(final_path: Path) -> list[Path]:
+    """Delete temporaries a killed run left beside ``final_path`` (call while holding its lock)."""
+    stale = sorted(final_path.parent.glob(f"{final_path.name}{TMP_MARK}*"))
+    qc = final_path.with_suffix(".qc")
+    stale += sorted(qc.parent.glob(f"{qc.name}{TMP_MARK}*"))
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def json_safe(value: Any) -> Any:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from wsi_pixelcam.geo.geojson import annotation_feature, write_geojson
 from wsi_pixelcam.geo.polygons import polygons_from_mask
-from wsi_pixelcam.store.patch_store import replace_dir
+from wsi_pixelcam.store.patch_store import TMP_MARK, replace_dir
 from wsi_pixelcam.tiling.tissue import overlay
 
 TISSUE_CLASS = "Tissue"
@@ -34,7 +34,7 @@ def write_qc(
     metadata: dict[str, str],
 ) -> dict[str, str]:
     """Write the QC files; returns their names relative to ``qc_dir``."""
-    tmp = qc_dir.with_name(f"{qc_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = qc_dir.with_name(f"{qc_dir.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
         Image.fromarray(thumbnail).save(tmp / "thumbnail.png")

@@ -22,7 +22,12 @@ from wsi_pixelcam.labels import LabelSource, compute_labels
 from wsi_pixelcam.slide import SlideReader, open_slide, resolve_mpp
 from wsi_pixelcam.store.lock import StoreLock
 from wsi_pixelcam.store.outdir import ensure_writable_dir
-from wsi_pixelcam.store.patch_store import PatchStoreWriter, is_complete, read_store_attrs
+from wsi_pixelcam.store.patch_store import (
+    PatchStoreWriter,
+    is_complete,
+    read_store_attrs,
+    remove_stale_temporaries,
+)
 from wsi_pixelcam.tiling.grid import Grid, build_grid
 from wsi_pixelcam.tiling.patch_reader import iter_patches
 from wsi_pixelcam.tiling.qc import write_qc
@@ -123,6 +128,7 @@ def tile_slide(
             )
     ensure_writable_dir(out_dir)
     with StoreLock(final):
+        remove_stale_temporaries(final)
         return _tile_locked(
             slide_path, cfg, final, slide_id, mpp_override, labels, wanted, progress, started
         )

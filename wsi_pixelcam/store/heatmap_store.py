@@ -1,0 +1,343 @@
+"""The heatmap zarr: a chunked, multiscale foreground-probability map of one slide.
+
+Layout (zarr v3 group, OME-NGFF 0.5 ``multiscales`` under the ``ome`` attribute so napari and
+other NGFF viewers open it):
+
+- ``0``, ``1``, ...: (C, H, W) float32 levels, each a 2x NaN-aware mean of the one before;
+  NaN where no patch covered the pixel (no tissue). Level 0 is ``level0_per_px`` level-0
+  pixels per heatmap pixel, with heatmap pixel (0, 0) at level-0 (0, 0).
+- attrs: ``mpp``, ``level0_per_px``, ``frame_offset_level0`` (the slide's bounds offset that
+  QuPath crops to), ``provenance``, ``schema_version`` and ``complete: true`` written last.
+
+While being written the store lives under ``<name>.tmp-<id>`` with an accumulator holding
+the window-weighted sum of patch maps and the sum of weights; :meth:`HeatmapStore.finalize`
+divides one by the other chunk by chunk, builds the pyramid, drops the accumulators and
+renames the store. Only chunks that received data are ever read or written, so a mostly
+empty whole-slide map costs a few chunks of memory and disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from wsi_pixelcam.errors import StoreError
+from wsi_pixelcam.store.patch_store import TMP_MARK, json_safe, replace_dir
+
+logger = logging.getLogger(__name__)
+
+SCHEMA = "wsi-pixelcam.heatmap"
+SCHEMA_VERSION = 1
+_ACC = "accumulator"  # (C + 1, H, W): weighted sums of the C channels, then the weight sum
+_RUN_CHUNKS = 8  # chunks read or written per zarr call: fewer calls, memory still bounded
+_MIN_LEVEL_PX = 256  # stop the pyramid once a level fits in this many pixels per side
+
+
+@dataclass(frozen=True)
+class Block:
+    """A window-weighted patch contribution at heatmap pixel ``(y0, x0)``."""
+
+    y0: int
+    x0: int
+    weighted_sum: np.ndarray  # (C, h, w): sum of weight * map
+    weight: np.ndarray  # (h, w): sum of weight
+
+
+class HeatmapStore:
+    """Writer for one slide's heatmap; use :meth:`create`, :meth:`add`, then :meth:`finalize`."""
+
+    def __init__(self, path: Path, tmp_path: Path, group: zarr.Group, chunk_px: int) -> None:
+        self.path = path
+        self.tmp_path = tmp_path
+        self._group = group
+        self._acc: zarr.Array = group[_ACC]  # type: ignore[assignment]
+        self.chunk_px = chunk_px
+        self.shape_hw: tuple[int, int] = (int(self._acc.shape[1]), int(self._acc.shape[2]))
+        self.n_channels = int(self._acc.shape[0]) - 1
+        attrs: dict[str, Any] = group.attrs.asdict()
+        self.mpp = float(attrs["mpp"])
+        self.level0_per_px = float(attrs["level0_per_px"])
+        self._touched: set[tuple[int, int]] = set()
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        shape_hw: tuple[int, int],
+        mpp: float,
+        *,
+        level0_per_px: float,
+        frame_offset_level0: tuple[float, float] = (0.0, 0.0),
+        chunk_px: int = 512,
+        n_channels: int = 1,
+        provenance: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> HeatmapStore:
+        """Start a heatmap of ``shape_hw`` pixels at ``mpp`` under a temporary name.
+
+        An existing final store raises StoreError unless ``overwrite`` (it is then replaced
+        at :meth:`finalize`). :meth:`abort` deletes the temporary store.
+        """
+        path = Path(path)
+        height, width = (int(n) for n in shape_hw)
+        if height < 1 or width < 1 or chunk_px < 1 or n_channels < 1:
+            raise ValueError(
+                f"{path}: shape_hw {shape_hw}, chunk_px {chunk_px} and n_channels {n_channels} "
+                "must be positive"
+            )
+        if mpp <= 0 or level0_per_px <= 0:
+            raise ValueError(f"{path}: mpp ({mpp}) and level0_per_px ({level0_per_px}) must be > 0")
+        if path.exists() and not overwrite:
+            raise StoreError(f"{path}: already exists; delete it or pass overwrite=True")
+        tmp_path = path.with_name(f"{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+        try:
+            group = zarr.open_group(store=str(tmp_path), mode="w-", zarr_format=3)
+            group.create_array(
+                _ACC,
+                shape=(n_channels + 1, height, width),
+                chunks=(n_channels + 1, chunk_px, chunk_px),
+                dtype="float32",
+                fill_value=0.0,
+            )
+            group.attrs.update(
+                {
+                    "schema": SCHEMA,
+                    "schema_version": SCHEMA_VERSION,
+                    "mpp": float(mpp),
+                    "level0_per_px": float(level0_per_px),
+                    "frame_offset_level0": [float(v) for v in frame_offset_level0],
+                    "provenance": json_safe(dict(provenance or {})),
+                    "complete": False,
+                }
+            )
+        except OSError as exc:
+            raise StoreError(f"{tmp_path}: cannot create the heatmap store ({exc})") from exc
+        return cls(path, tmp_path, group, chunk_px)
+
+    def add(self, blocks: Iterable[Block]) -> None:
+        """Add blocks into the accumulator, reading and writing each touched chunk once."""
+        height, width = self.shape_hw
+        c = self.chunk_px
+        batch: list[Block] = []
+        touched: set[tuple[int, int]] = set()
+        for block in blocks:
+            h, w = block.weight.shape
+            y0, y1 = max(block.y0, 0), min(block.y0 + h, height)
+            x0, x1 = max(block.x0, 0), min(block.x0 + w, width)
+            if y0 < y1 and x0 < x1:
+                batch.append(block)
+                touched.update(
+                    (cy, cx)
+                    for cy in range(y0 // c, (y1 - 1) // c + 1)
+                    for cx in range(x0 // c, (x1 - 1) // c + 1)
+                )
+        for ys, xs in _runs(touched, c, self.shape_hw):
+            acc = _read(self._acc, (slice(None), ys, xs))
+            for block in batch:
+                _add_block(acc, ys.start, xs.start, block)
+            self._acc[:, ys, xs] = acc
+        self._touched |= touched
+
+    def finalize(self) -> Path:
+        """Normalise, build the pyramid, mark complete and move to the final path."""
+        level0 = self._create_level("0", self.shape_hw)
+        for ys, xs in _runs(self._touched, self.chunk_px, self.shape_hw):
+            acc = _read(self._acc, (slice(None), ys, xs))
+            weight = acc[-1]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                value = acc[:-1] / weight
+            value[:, weight <= 0] = np.nan
+            level0[:, ys, xs] = value.astype(np.float32)
+        levels = [level0]
+        touched = set(self._touched)
+        while max(levels[-1].shape[1:]) > _MIN_LEVEL_PX:
+            prev = levels[-1]
+            shape = ((prev.shape[1] + 1) // 2, (prev.shape[2] + 1) // 2)
+            level = self._create_level(str(len(levels)), shape)
+            touched = {(cy // 2, cx // 2) for cy, cx in touched}
+            for ys, xs in _runs(touched, self.chunk_px, shape):
+                fine = (slice(2 * ys.start, 2 * ys.stop), slice(2 * xs.start, 2 * xs.stop))
+                level[:, ys, xs] = _nanmean_2x(_read(prev, (slice(None), *fine)))
+            levels.append(level)
+        del self._group[_ACC]
+        self._group.attrs.update({"ome": _ngff_attrs(len(levels), self.mpp, self.path.stem)})
+        self._group.attrs["complete"] = True
+        try:
+            replace_dir(self.tmp_path, self.path)
+        except OSError as exc:
+            raise StoreError(
+                f"{self.path}: cannot move the finished heatmap into place ({exc})"
+            ) from exc
+        logger.info("%s: heatmap with %d levels written", self.path, len(levels))
+        return self.path
+
+    def abort(self) -> None:
+        """Delete the unfinished store (after an error; the final path is left alone)."""
+        shutil.rmtree(self.tmp_path, ignore_errors=True)
+
+    def _create_level(self, name: str, shape_hw: tuple[int, int]) -> zarr.Array:
+        return self._group.create_array(
+            name,
+            shape=(self.n_channels, *shape_hw),
+            chunks=(self.n_channels, self.chunk_px, self.chunk_px),
+            dtype="float32",
+            fill_value=np.nan,
+            dimension_names=("c", "y", "x"),
+        )
+
+
+class HeatmapPlane:
+    """One channel of one level as a 2-D array-like (``shape`` and numpy slicing)."""
+
+    def __init__(self, array: zarr.Array, channel: int) -> None:
+        self._array = array
+        self._channel = channel
+        self.shape: tuple[int, int] = (int(array.shape[1]), int(array.shape[2]))
+        self.dtype = np.dtype(np.float32)
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        return np.asarray(self._array[(self._channel, *key)])
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """A finished heatmap store opened for reading."""
+
+    path: Path
+    levels: tuple[zarr.Array, ...]
+    mpp: float
+    level0_per_px: float
+    frame_offset_level0: tuple[float, float]
+    provenance: dict[str, Any]
+
+    def plane(self, level: int = 0, channel: int = 0) -> HeatmapPlane:
+        """A 2-D view of ``channel`` at ``level`` (``2**level`` times coarser than level 0)."""
+        if not 0 <= level < len(self.levels):
+            raise ValueError(f"{self.path}: level {level} not in 0..{len(self.levels) - 1}")
+        return HeatmapPlane(self.levels[level], channel)
+
+
+def open_heatmap(path: str | Path) -> Heatmap:
+    """Open a finished heatmap; an unfinished or foreign store raises StoreError."""
+    path = Path(path)
+    try:
+        group = zarr.open_group(store=str(path), mode="r", zarr_format=3)
+    except (OSError, ValueError, zarr.errors.BaseZarrError) as exc:
+        raise StoreError(f"{path}: not a zarr v3 heatmap store ({exc})") from exc
+    attrs: dict[str, Any] = group.attrs.asdict()
+    if attrs.get("schema") != SCHEMA:
+        raise StoreError(f"{path}: not a wsi-pixelcam heatmap (schema {attrs.get('schema')!r})")
+    if attrs.get("complete") is not True:
+        raise StoreError(f"{path}: heatmap is incomplete (interrupted run); run inference again")
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise StoreError(
+            f"{path}: heatmap schema {attrs.get('schema_version')!r}, expected {SCHEMA_VERSION}; "
+            "run inference again with this version"
+        )
+    datasets = attrs["ome"]["multiscales"][0]["datasets"]
+    levels = tuple(group[d["path"]] for d in datasets)
+    return Heatmap(
+        path=path,
+        levels=levels,  # type: ignore[arg-type]
+        mpp=float(attrs["mpp"]),
+        level0_per_px=float(attrs["level0_per_px"]),
+        frame_offset_level0=(
+            float(attrs["frame_offset_level0"][0]),
+            float(attrs["frame_offset_level0"][1]),
+        ),
+        provenance=dict(attrs.get("provenance", {})),
+    )
+
+
+def _read(array: zarr.Array, key: tuple[slice, ...]) -> np.ndarray:
+    """A region of a zarr array as numpy (chunks never written read as the fill value)."""
+    return np.asarray(array[key])
+
+
+def _runs(
+    chunks: set[tuple[int, int]], chunk_px: int, shape_hw: tuple[int, int]
+) -> Iterator[tuple[slice, slice]]:
+    """Regions covering ``chunks``: runs of up to _RUN_CHUNKS adjacent chunks in a chunk row."""
+    ordered = sorted(chunks)
+    i = 0
+    while i < len(ordered):
+        cy, first = ordered[i]
+        last = first
+        while (
+            i + 1 < len(ordered)
+            and ordered[i + 1] == (cy, last + 1)
+            and last + 1 - first < _RUN_CHUNKS
+        ):
+            i += 1
+            last += 1
+        i += 1
+        yield (
+            slice(cy * chunk_px, min((cy + 1) * chunk_px, shape_hw[0])),
+            slice(first * chunk_px, min((last + 1) * chunk_px, shape_hw[1])),
+        )
+
+
+def _add_block(acc: np.ndarray, y0: int, x0: int, block: Block) -> None:
+    """Add the part of ``block`` that falls inside ``acc`` (whose top-left is ``y0, x0``)."""
+    h, w = block.weight.shape
+    top, bottom = max(block.y0, y0), min(block.y0 + h, y0 + acc.shape[1])
+    left, right = max(block.x0, x0), min(block.x0 + w, x0 + acc.shape[2])
+    if top >= bottom or left >= right:
+        return
+    src = (slice(top - block.y0, bottom - block.y0), slice(left - block.x0, right - block.x0))
+    dst = (slice(top - y0, bottom - y0), slice(left - x0, right - x0))
+    acc[(slice(0, -1), *dst)] += block.weighted_sum[(slice(None), *src)]
+    acc[(-1, *dst)] += block.weight[src]
+
+
+def _nanmean_2x(src: np.ndarray) -> np.ndarray:
+    """Mean of each 2x2 block ignoring NaN (NaN where all four are NaN); odd edges padded."""
+    n_channels, h, w = src.shape
+    padded = np.full((n_channels, h + h % 2, w + w % 2), np.nan, dtype=np.float32)
+    padded[:, :h, :w] = src
+    blocks = padded.reshape(n_channels, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2)
+    valid = ~np.isnan(blocks)
+    count = valid.sum(axis=(2, 4))
+    total = np.where(valid, blocks, 0).sum(axis=(2, 4))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / count, np.nan).astype(np.float32)
+
+
+def _ngff_attrs(n_levels: int, mpp: float, name: str) -> dict[str, Any]:
+    """OME-NGFF 0.5 multiscales: physical scale per level, shifted to pixel centres."""
+    datasets = []
+    for k in range(n_levels):
+        factor = 2.0**k
+        shift = (factor - 1) / 2 * mpp
+        datasets.append(
+            {
+                "path": str(k),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": [1.0, mpp * factor, mpp * factor]},
+                    {"type": "translation", "translation": [0.0, shift, shift]},
+                ],
+            }
+        )
+    return {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "name": name,
+                "axes": [
+                    {"name": "c", "type": "channel"},
+                    {"name": "y", "type": "space", "unit": "micrometer"},
+                    {"name": "x", "type": "space", "unit": "micrometer"},
+                ],
+                "datasets": datasets,
+                "type": "mean",
+            }
+        ],
+    }
