@@ -96,3 +96,35 @@ def test_bundled_cmu_slide_opens_with_both_backends(cmu_slide):
         with open_slide(cmu_slide, backend) as reader:
             assert reader.dimensions == (2220, 2967)
             assert resolve_mpp(reader).mean == pytest.approx(0.499, abs=1e-3)
+
+
+def test_direct_tile_reads_match_tiffslide(slides):
+    # the threaded fast path must return what tiffslide's own read_region returns
+    import tiffslide
+
+    with open_slide(slides["svs"], "tiffslide") as reader:
+        ref = tiffslide.TiffSlide(slides["svs"])
+        for xy, level, size in [((1000, 600), 0, (300, 200)), ((640, 380), 1, (100, 90))]:
+            got = reader.read_region(xy, level, size)
+            want = ref.read_region(xy, level, size, as_array=True)
+            assert np.array_equal(got, want)
+        # beyond the right edge the fast path pads with white, like openslide's transparent
+        edge = reader.read_region((4000, 0), 0, (200, 50))
+        assert (edge[:, 96:] == 255).all() and edge.shape == (50, 200, 3)
+
+
+def test_stripped_tiff_uses_tiffslide_fallback(tmp_path, tissue_image):
+    import tifffile
+
+    path = tmp_path / "stripped.tif"
+    tifffile.imwrite(
+        path,
+        tissue_image[:600, :800],
+        photometric="rgb",
+        rowsperstrip=64,
+        resolution=(40000, 40000),
+        resolutionunit="CENTIMETER",
+    )
+    with open_slide(path) as reader:
+        region = reader.read_region((100, 100), 0, (50, 40))
+    assert np.array_equal(region, tissue_image[100:140, 100:150])
