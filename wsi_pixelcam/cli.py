@@ -121,8 +121,14 @@ def _setup_logging(args: argparse.Namespace) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("wsi_pixelcam").setLevel(level)
-    for noisy in ("distributed", "tornado", "bokeh"):  # cluster chatter only with --debug
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.ERROR)
+
+
+def _quiet_cluster_logs(debug: bool) -> None:
+    """dask.distributed sets its loggers to INFO when imported; keep its chatter for --debug."""
+    import distributed  # noqa: F401  (imported so its logging setup runs before ours)
+
+    for noisy in ("distributed", "tornado", "bokeh"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
 
 
 def _cmd_tile(args: argparse.Namespace) -> int:
@@ -189,6 +195,7 @@ def _run_and_report(
     from wsi_pixelcam.store.outdir import ensure_writable_dir
 
     ensure_writable_dir(args.out)
+    _quiet_cluster_logs(args.debug)
     log.info("%s: %d slide(s) -> %s", name, len(jobs), args.out)
     with SlideBars(len(jobs), disable=args.quiet) as bars:
         from wsi_pixelcam.batch import run_batch
