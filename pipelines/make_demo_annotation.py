@@ -48,8 +48,9 @@ def epidermis_mask(rgb: np.ndarray, px_um: float) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
     with open_slide(bundled_example()) as reader:
@@ -57,18 +58,23 @@ def main() -> None:
         rgb = reader.read_region((0, 0), 0, reader.dimensions)
     small = np.asarray(Image.fromarray(rgb).reduce(DOWNSAMPLE))
     mask = epidermis_mask(small, DOWNSAMPLE * mpp)
-    polygons = polygons_from_mask(mask, level0_per_px=DOWNSAMPLE, mpp_level0=mpp,
-                                  simplify_um=4.0)
+    polygons = polygons_from_mask(mask, level0_per_px=DOWNSAMPLE, mpp_level0=mpp, simplify_um=4.0)
     features = [
-        annotation_feature(poly, class_name=CLASS_NAME, color=class_color(CLASS_NAME),
-                           name=f"{CLASS_NAME} {i + 1}",
-                           measurements={"area_um2": poly.area * mpp**2},
-                           metadata={"source": "pipelines/make_demo_annotation.py (rule-derived)"})
+        annotation_feature(
+            poly,
+            class_name=CLASS_NAME,
+            color=class_color(CLASS_NAME),
+            name=f"{CLASS_NAME} {i + 1}",
+            measurements={"area_um2": poly.area * mpp**2},
+            metadata={"source": "pipelines/make_demo_annotation.py (rule-derived)"},
+        )
         for i, poly in enumerate(polygons)
     ]
     write_geojson(args.out, features)
-    print(f"{args.out}: {len(features)} {CLASS_NAME} polygon(s), "
-          f"{sum(p.area for p in polygons) * mpp**2 / 1e6:.3f} mm^2")
+    print(
+        f"{args.out}: {len(features)} {CLASS_NAME} polygon(s), "
+        f"{sum(p.area for p in polygons) * mpp**2 / 1e6:.3f} mm^2"
+    )
 
 
 if __name__ == "__main__":
