@@ -50,24 +50,18 @@ def run_guarded(fn: SlideFn, job: SlideJob) -> SlideOutcome:
     started = time.perf_counter()
     try:
         status, message, details = fn(job)
-    except WsiPixelcamError as exc:
+    except Exception as exc:
+        # our errors carry a user-facing message; anything else is a bug or a backend
+        # surprise, so its traceback is kept for --debug
+        ours = isinstance(exc, WsiPixelcamError)
         return SlideOutcome(
             job.slide_id,
             job.path,
             "failed",
             time.perf_counter() - started,
             type(exc).__name__,
-            str(exc),
-        )
-    except Exception as exc:  # a bug or a backend surprise: keep the traceback for --debug
-        return SlideOutcome(
-            job.slide_id,
-            job.path,
-            "failed",
-            time.perf_counter() - started,
-            type(exc).__name__,
-            f"{job.path}: {exc}",
-            traceback=traceback.format_exc(),
+            str(exc) if ours else f"{job.path}: {exc}",
+            traceback="" if ours else traceback.format_exc(),
         )
     return SlideOutcome(
         job.slide_id,
