@@ -29,7 +29,7 @@ from skimage.color import rgb2hed, rgb2hsv
 from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import disk, opening, remove_small_holes, remove_small_objects
 
-from wsi_pixelcam.cli import bundled_example
+from wsi_pixelcam.examples import bundled_example
 from wsi_pixelcam.geo.geojson import annotation_feature, class_color, write_geojson
 from wsi_pixelcam.geo.polygons import polygons_from_mask
 from wsi_pixelcam.slide import open_slide, resolve_mpp

@@ -63,6 +63,6 @@ def slides(tmp_path_factory: pytest.TempPathFactory, tissue_image: np.ndarray) -
 
 @pytest.fixture(scope="session")
 def cmu_slide() -> Path:
-    from wsi_pixelcam.cli import bundled_example
+    from wsi_pixelcam.examples import bundled_example
 
     return bundled_example()

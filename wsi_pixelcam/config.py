@@ -101,6 +101,234 @@ class TileConfig(_Strict):
         }
 
 
+class InferConfig(_Strict):
+    """Inference: prediction over patch stores, stitching, ROI polygons and per-slide outputs.
+
+    Slides given directly are tiled with ``tile``, except ``target_mpp`` and ``patch_px``,
+    which always come from the checkpoint (setting them to other values is an error).
+    """
+
+    output_mpp: float = Field(2.0, gt=0, description="heatmap resolution in um/px")
+    window: Literal["cosine", "gaussian", "flat"] = Field(
+        "cosine", description="blending weight of each patch over its footprint"
+    )
+    batch_size: int = Field(64, ge=1, le=4096)
+    num_workers: int = Field(2, ge=0, le=64, description="loader processes decoding patches")
+    device: str = Field("auto", description="auto (cuda if available, else cpu), cpu, cuda[:N]")
+    amp: bool = Field(True, description="float16 autocast; used on CUDA only")
+    mpp_tolerance: float = Field(
+        0.05, ge=0, lt=0.5, description="relative mpp difference allowed between store and model"
+    )
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="ROI threshold; null = the checkpoint's best tau, else 0.5"
+    )
+    roi_class: str | None = Field(
+        None, description="class name given to ROIs; null = the model's last class"
+    )
+    min_area_um2: float = Field(1000.0, ge=0, description="smaller ROIs are dropped")
+    min_hole_um2: float = Field(1000.0, ge=0, description="smaller holes in ROIs are filled")
+    simplify_um: float = Field(2.0, ge=0, description="topology-preserving simplification")
+    frame: Literal["qupath", "level0"] = Field(
+        "qupath", description="qupath: minus the slide's bounds offset, as QuPath crops"
+    )
+    write_tiles: bool = Field(True, description="also write per-patch tiles.geojson")
+    tiles_gzip_over: int = Field(5000, ge=0, description="gzip tiles.geojson above this many")
+    teacher_cam: bool = Field(False, description="also stitch the image head's CAM")
+    cam_method: Literal["cam", "gradcampp", "layercam"] = "cam"
+    chunk_px: int = Field(512, ge=16, le=8192, description="heatmap chunk side in pixels")
+    overlay_alpha: float = Field(0.5, ge=0, le=1)
+    tile: TileConfig = Field(default_factory=TileConfig)
+
+    def output_params(self) -> dict[str, Any]:
+        """Settings that change the outputs; outputs made with others are stale.
+
+        Batch size, workers, device and AMP change speed, not results, so they are left out.
+        """
+        skip = {"batch_size", "num_workers", "device", "amp", "tile"}
+        return {k: v for k, v in self.model_dump().items() if k not in skip}
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TrainModelConfig(_Strict):
+    """The network: a timm encoder whose last feature map feeds the image and pixel heads."""
+
+    encoder: str = Field("resnet50", description="timm model name (the paper: resnet50)")
+    pretrained: bool | str = Field(
+        False,
+        description="false (random init), 'timm' (timm's weights, must be cached: no download "
+        "is assumed) or the path of a local weights file in timm's key format",
+    )
+    stride8_no_dilation: bool = Field(
+        True, description="the paper's ResNet: layer3/layer4 at stride 1 without dilation"
+    )
+    output_stride: int | None = Field(
+        None, description="timm's dilated output stride (CNNs); exclusive with the above"
+    )
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout2d on the map, image head only")
+
+    @model_validator(mode="after")
+    def _pretrained_form(self) -> TrainModelConfig:
+        if self.pretrained is True:
+            object.__setattr__(self, "pretrained", "timm")
+        if self.pretrained == "":
+            raise ValueError("pretrained: give false, 'timm' or a weights file path")
+        return self
+
+    def pretrained_weights(self) -> bool | Path:
+        """What :func:`build_encoder` takes: False, True (timm's weights) or a file path."""
+        if self.pretrained is False:
+            return False
+        return True if self.pretrained == "timm" else Path(str(self.pretrained))
+
+
+class TrainInputConfig(_Strict):
+    """Network input and augmentation (PIXELCAM.md): resize, random crop, flips, jitter."""
+
+    input_px: int = Field(224, ge=8, le=4096, description="side of the square network input")
+    resize_px: int = Field(
+        256, ge=8, le=4096, description="patches are resized to this, then cropped"
+    )
+    flips: bool = Field(True, description="random horizontal and vertical flips")
+    brightness: float = Field(0.5, ge=0, description="colour jitter, image only (not the CAM)")
+    contrast: float = Field(0.5, ge=0)
+    saturation: float = Field(0.5, ge=0)
+    hue: float = Field(0.05, ge=0, le=0.5)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> TrainInputConfig:
+        if self.resize_px < self.input_px:
+            raise ValueError(
+                f"resize_px={self.resize_px} is smaller than input_px={self.input_px}: the "
+                "random crop must fit in the resized patch"
+            )
+        if min(self.std) <= 0:
+            raise ValueError(f"std={self.std}: every channel's std must be > 0")
+        return self
+
+
+class OptimConfig(_Strict):
+    """SGD as the paper's code runs it, with a step decay applied once per epoch."""
+
+    batch_size: int = Field(32, ge=1, le=4096)
+    base_lr: float = Field(1e-3, gt=0, description="the paper searched {1e-3, 1e-4, 1e-5}")
+    head_lr_mult: float = Field(
+        10.0, gt=0, description="LR multiple of the last encoder stage and both heads"
+    )
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(1e-4, ge=0)
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="lr = base * gamma^(epoch // lr_step)")
+    lr_step: int = Field(10, ge=1, description="epochs between LR decays")
+    min_lr: float = Field(1e-6, ge=0, description="floor of the decayed base LR")
+
+
+class SeedsConfig(_Strict):
+    """Pixel pseudo-labels drawn from the teacher's CAMs at every step (PIXELCAM.md, Seeds)."""
+
+    method: Literal["threshold", "probability"] = "threshold"
+    n_fg: int = Field(5, ge=0, description="foreground seeds per patch")
+    n_bg: int = Field(5, ge=0, description="background seeds per patch")
+    min_p: float = Field(0.4, gt=0, le=1, description="background pool: lowest CAM fraction")
+    erode_k: int = Field(
+        3,
+        ge=1,
+        description="side of the square eroding the Otsu region; the paper's code uses 11, "
+        "which wipes out ROIs narrower than 11 cells on a 28x28 grid",
+    )
+    negative_classes: list[str] = Field(
+        default_factory=lambda: ["background", "normal"],
+        description="classes whose patches hold no ROI: background seeds only",
+    )
+
+
+class TeacherConfig(_Strict):
+    """Stage 1, the CAM classifier, and stage 2, the CAM dump."""
+
+    epochs: int = Field(20, ge=1)
+    cam_method: Literal["cam", "gradcampp", "layercam"] = "cam"
+    cam_checkpoint: Literal["best_loc", "best_cls", "last"] = Field(
+        "best_loc",
+        description="teacher checkpoint whose CAMs are dumped; best_loc falls back to "
+        "best_cls when the validation stores have no masks",
+    )
+
+
+class PixelCamStageConfig(_Strict):
+    """Stage 3: image CE + lam x partial CE, initialised from the teacher's best_cls."""
+
+    epochs: int = Field(20, ge=1)
+    lam: float = Field(1.0, ge=0, description="weight of the pixel (partial CE) loss")
+    seeds: SeedsConfig = Field(default_factory=SeedsConfig)
+
+
+class TrainDataConfig(_Strict):
+    """Which patches train and validate, and how they are loaded."""
+
+    val_fraction: float = Field(
+        0.2, ge=0, lt=1, description="share of patches whose slides go to validation"
+    )
+    num_workers: int = Field(2, ge=0, le=64, description="loader processes decoding patches")
+    classes: list[str] | None = Field(
+        None, description="class names in label order; null: union of the stores' classes"
+    )
+    mpp: float | None = Field(None, gt=0, description="required store mpp; null: any, if equal")
+    patch_px: int | None = Field(None, ge=8, description="required store patch size")
+    mpp_tolerance: float = Field(
+        0.05, ge=0, lt=0.5, description="relative mpp difference allowed between stores"
+    )
+
+
+class EvalConfig(_Strict):
+    """WSOL metrics (PIXELCAM.md, Metrics)."""
+
+    eval_px: int = Field(224, ge=8, le=4096, description="maps and masks compared at this size")
+    tau: float = Field(0.5, ge=0, lt=1, description="fixed threshold reported beside the best")
+    tau_metric: Literal["miou", "dice_fg"] = Field(
+        "miou", description="what the validation-chosen threshold maximises"
+    )
+
+
+class TrainConfig(_Strict):
+    """Teacher -> CAM dump -> PixelCAM training; the defaults are the paper's where it has one."""
+
+    model: TrainModelConfig = Field(default_factory=TrainModelConfig)
+    input: TrainInputConfig = Field(default_factory=TrainInputConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    pixelcam: PixelCamStageConfig = Field(default_factory=PixelCamStageConfig)
+    data: TrainDataConfig = Field(default_factory=TrainDataConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    seed: int = Field(0, ge=0, description="seeds weights, split, augmentation and seeds")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto: cuda, mps, else cpu"
+    )
+    amp: bool = Field(True, description="float16 autocast; used on CUDA only")
+
+    def result_params(self) -> dict[str, Any]:
+        """Settings a run's weights depend on; resuming a run with others is refused.
+
+        Epoch counts (a run may be extended), evaluation, workers, device and AMP are left out.
+        """
+        params = self.model_dump(exclude={"eval", "device", "amp"})
+        params["data"].pop("num_workers")
+        params["teacher"].pop("epochs")
+        params["pixelcam"].pop("epochs")
+        return params
+
+
+class DemoConfig(_Strict):
+    """The demo's three stages; its values live in ``wsi_pixelcam/examples/demo.yaml``."""
+
+    tile: TileConfig = Field(default_factory=TileConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
+
+
 C = TypeVar("C", bound=BaseModel)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from wsi_pixelcam.config import TileConfig
+from wsi_pixelcam.config import InferConfig, TileConfig
 from wsi_pixelcam.errors import ManifestError
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,22 @@ def slide_id_for(path: Path) -> str:
     return path.stem
 
 
-def discover_slides(inputs: Sequence[Path], recursive: bool = False) -> list[Path]:
-    """Slide files named directly or found in directories; one file per DICOM folder."""
+def discover_slides(
+    inputs: Sequence[Path], recursive: bool = False, *, stores: bool = False
+) -> list[Path]:
+    """Slide files named directly or found in directories; one file per DICOM folder.
+
+    With ``stores``, patch stores (``*.zarr`` folders) count as inputs too (for ``infer``).
+    """
     found: list[Path] = []
     for item in inputs:
-        if item.is_dir():
+        if item.is_dir() and not (stores and _is_store(item)):
             pattern = "**/*" if recursive else "*"
-            hits = sorted(p for p in item.glob(pattern) if p.is_file() and _is_slide(p))
+            hits = sorted(
+                p
+                for p in item.glob(pattern)
+                if (p.is_file() and _is_slide(p)) or (stores and _is_store(p))
+            )
             if not hits:
                 log.warning(
                     "%s: no slide files found%s", item, "" if recursive else " (try --recursive)"
@@ -82,6 +91,10 @@ def discover_slides(inputs: Sequence[Path], recursive: bool = False) -> list[Pat
             seen_dicom_dirs.add(path.parent)
         unique.append(path)
     return unique
+
+
+def _is_store(path: Path) -> bool:
+    return path.is_dir() and path.suffix == ".zarr" and (path / "zarr.json").is_file()
 
 
 def _is_slide(path: Path) -> bool:
@@ -220,5 +233,44 @@ def tile_job(
         "mpp_source": result.mpp_source,
         "backend": result.backend,
         "store": result.store_path,
+    }
+    return result.status, result.message, details
+
+
+def infer_job(
+    job: SlideJob,
+    *,
+    cfg: InferConfig,
+    model_path: str,
+    out_dir: str,
+    overwrite: bool = False,
+    stores_dir: str | None = None,
+    mpp_override: float | None = None,
+) -> tuple[str, str, dict[str, Any]]:
+    """Infer one slide or patch store inside a dask worker (checkpoint and slide opened here)."""
+    from wsi_pixelcam.inference.infer import infer_slide
+    from wsi_pixelcam.inference.predict import InferenceModel
+    from wsi_pixelcam.training.checkpoint import load_checkpoint
+
+    network, meta = load_checkpoint(model_path)
+    result = infer_slide(
+        job.path,
+        InferenceModel(network, meta, Path(model_path).name),
+        cfg,
+        out_dir,
+        slide_id=job.slide_id,
+        stores_dir=stores_dir,
+        mpp_override=job.mpp if job.mpp is not None else mpp_override,
+        overwrite=overwrite,
+        progress=lambda done, total: report_progress(job.slide_id, done, total),
+    )
+    details = {
+        "n_patches": result.n_patches,
+        "n_rois": result.n_rois,
+        "roi_area_um2": round(result.roi_area_um2, 1),
+        "threshold": result.threshold,
+        "predicted_class": result.predicted_class,
+        "class_probs": {k: round(v, 4) for k, v in result.class_probs.items()},
+        "out_dir": result.out_dir,
     }
     return result.status, result.message, details

@@ -16,6 +16,7 @@ from wsi_pixelcam.errors import (
     StoreError,
     UnsupportedSlideError,
 )
+from wsi_pixelcam.labels import LabelSource
 from wsi_pixelcam.slide import open_slide
 from wsi_pixelcam.store import open_patch_store
 from wsi_pixelcam.tiling import tile_slide
@@ -184,3 +185,11 @@ def test_cmu_slide_tiles_with_provenance(tmp_path, cmu_slide):
     assert np.all(store.tissue_frac >= 0.5) and len(store) == result.n_patches
     tissue = json.loads((tmp_path / "CMU-1-Small-Region.qc" / "tissue.geojson").read_text())
     assert tissue["features"] and tissue["features"][0]["properties"]["objectType"] == "annotation"
+
+
+def test_labelled_store_serves_an_unlabelled_request(tmp_path, slides):
+    labelled = LabelSource(slide_label="tumor")
+    assert tile_slide(slides["svs"], CFG, tmp_path, labels=labelled).status == "ok"
+    assert tile_slide(slides["svs"], CFG, tmp_path).status == "skipped"  # e.g. for infer
+    with pytest.raises(StoreError, match="label_source differ"):
+        tile_slide(slides["svs"], CFG, tmp_path, labels=LabelSource(slide_label="normal"))

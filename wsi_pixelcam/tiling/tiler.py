@@ -80,6 +80,18 @@ def requested_params(
     return {**cfg.grid_params(), "mpp_override": mpp_override, "label_source": labels.describe()}
 
 
+def _serves(made: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """A store serves a request made with the same parameters; one with labels also serves
+    the same request without labels (inference needs none)."""
+    if made == wanted:
+        return True
+    if wanted.get("label_source") != "none":
+        return False
+    return {k: v for k, v in made.items() if k != "label_source"} == {
+        k: v for k, v in wanted.items() if k != "label_source"
+    }
+
+
 def tile_slide(
     slide_path: str | Path,
     cfg: TileConfig,
@@ -107,7 +119,7 @@ def tile_slide(
     existing = read_store_attrs(final) if final.exists() else None
     if is_complete(existing):
         assert existing is not None
-        if existing.get("requested") == wanted:
+        if _serves(existing.get("requested", {}), wanted):
             return TilingResult(
                 slide_id,
                 str(final),

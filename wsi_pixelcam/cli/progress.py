@@ -1,4 +1,4 @@
-"""tqdm progress bars for batch runs: one over slides, one over the patches of running slides."""
+"""tqdm progress bars: slides and patches for batch runs, batches per epoch for training."""
 
 from __future__ import annotations
 
@@ -47,3 +47,37 @@ class SlideBars:
     ) -> None:
         self._patches.close()
         self._slides.close()
+
+
+class EpochBars:
+    """One bar per pass (stage and epoch) of training or evaluation."""
+
+    def __init__(self, disable: bool = False) -> None:
+        self._disable = disable
+        self._bar: tqdm | None = None
+        self._key: tuple[str, int] | None = None
+
+    def update(self, stage: str, epoch: int, step: int, total: int) -> None:
+        if (stage, epoch) != self._key:
+            self.close()
+            self._key = (stage, epoch)
+            desc = stage if stage in ("cams", "eval") else f"{stage} epoch {epoch}"
+            self._bar = tqdm(total=total, desc=desc, unit="batch", disable=self._disable)
+        assert self._bar is not None
+        self._bar.update(step - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> EpochBars:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,46 @@
+"""``wsi-pixelcam`` command line: the only place that prints or configures logging.
+
+One module per command, each with ``register(subparsers)`` and ``run(args)``. Heavy imports
+(dask, zarr, torch) happen inside ``run``, so ``--help`` and ``tile`` stay fast. User errors
+print one line and exit non-zero; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from wsi_pixelcam import __version__
+from wsi_pixelcam.cli import demo, evaluate, geojson, infer, tile, train
+from wsi_pixelcam.cli.common import EXIT_FAILED, EXIT_USAGE, USAGE_ERRORS, setup_logging
+from wsi_pixelcam.errors import WsiPixelcamError
+
+COMMANDS = (demo, tile, train, infer, evaluate, geojson)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsi-pixelcam",
+        description="Whole-slide images to PixelCAM region-of-interest maps for QuPath.",
+    )
+    parser.add_argument("--version", action="version", version=f"wsi-pixelcam {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args)
+    try:
+        return int(args.handler(args))
+    except WsiPixelcamError as exc:
+        if args.debug:
+            raise
+        print(f"wsi-pixelcam: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, USAGE_ERRORS) else EXIT_FAILED
+    except KeyboardInterrupt:
+        print("wsi-pixelcam: interrupted; re-run the same command to finish", file=sys.stderr)
+        return 130

@@ -1,0 +1,69 @@
+"""``wsi-pixelcam infer``: slides or patch stores to heatmaps and QuPath ROIs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from wsi_pixelcam.cli.common import (
+    add_batch_options,
+    add_common,
+    add_config_options,
+    collect_jobs,
+    parse_overrides,
+    run_and_report,
+)
+from wsi_pixelcam.errors import CheckpointError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    infer = sub.add_parser(
+        "infer",
+        help="predict, stitch heatmaps and write QuPath GeoJSON ROIs for slides or stores",
+        description="Slides are tiled first with the checkpoint's resolution and patch size. "
+        "Each slide gets OUT/<slide_id>/ with heatmap.zarr, overlay.png, rois.geojson, "
+        "tiles.geojson and summary.json.",
+    )
+    infer.add_argument("inputs", nargs="*", type=Path, help="slides, stores or directories")
+    infer.add_argument("--model", type=Path, required=True, help="PixelCAM checkpoint (.pt)")
+    infer.add_argument("--out", type=Path, required=True, help="output directory")
+    infer.add_argument("--stores-dir", type=Path, help="where slides are tiled (OUT/stores)")
+    add_config_options(infer, "configs/infer.yaml")
+    infer.add_argument("--threshold", type=float, help="ROI threshold in [0, 1]")
+    infer.add_argument("--output-mpp", type=float, help="heatmap resolution (default 2 um/px)")
+    infer.add_argument("--device", help="auto, cpu, cuda[:N]")
+    infer.add_argument("--mpp", type=float, help="level-0 microns per pixel of the slides")
+    add_batch_options(infer)
+    add_common(infer)
+    infer.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from functools import partial
+
+    from wsi_pixelcam.config import InferConfig, load_config
+    from wsi_pixelcam.jobs import infer_job
+
+    cfg = load_config(
+        InferConfig,
+        args.config,
+        {
+            "threshold": args.threshold,
+            "output_mpp": args.output_mpp,
+            "device": args.device,
+            **parse_overrides(args.overrides),
+        },
+    )
+    if not args.model.is_file():
+        raise CheckpointError(f"{args.model}: no such checkpoint file")
+    jobs = collect_jobs(args, args.inputs, stores=True)
+    fn = partial(
+        infer_job,
+        cfg=cfg,
+        model_path=str(args.model.resolve()),
+        out_dir=str(args.out),
+        overwrite=args.overwrite,
+        stores_dir=str(args.stores_dir) if args.stores_dir else None,
+        mpp_override=args.mpp,
+    )
+    return run_and_report("infer", fn, jobs, args)

@@ -1,0 +1,303 @@
+"""Torch dataset over patch stores, with the checks training needs before it starts.
+
+Store paths cross into DataLoader workers, never open stores: each worker opens the zarr
+arrays it reads on first use (zarr's event loop and file handles do not survive pickling or
+fork well). Each store's class names are mapped onto one global class list by name, so stores
+labelled with different or differently ordered classes train together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import Dataset
+
+from wsi_pixelcam.data.transforms import Transform
+from wsi_pixelcam.errors import DataError
+from wsi_pixelcam.store import open_patch_store
+
+UNLABELLED = -1
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What training needs to know about one patch store, read once in the main process."""
+
+    path: Path
+    slide_id: str
+    classes: tuple[str, ...]
+    labels: np.ndarray  # (N,) int16 in the store's own class order, -1 unlabelled
+    mpp: float | None
+    patch_px: int
+    has_masks: bool
+    cams: dict[str, Any] | None  # the store's "cams" attrs record, if a dump was started
+
+    @property
+    def n_patches(self) -> int:
+        return len(self.labels)
+
+
+def read_store_info(path: str | Path) -> StoreInfo:
+    """Open ``path`` briefly and summarise it; StoreError if it is not a complete store."""
+    store = open_patch_store(path)
+    attrs = store.attrs
+    tiling = attrs.get("tiling", {})
+    mpp = tiling.get("effective_mpp")
+    return StoreInfo(
+        path=store.path,
+        slide_id=str(attrs.get("slide_id") or store.path.stem),
+        classes=tuple(store.classes),
+        labels=store.labels,
+        mpp=None if mpp is None else float(mpp),
+        patch_px=int(tiling.get("patch_px") or store.patches.shape[1]),
+        has_masks=store.has("masks"),
+        cams=attrs.get("cams"),
+    )
+
+
+def check_tiling(
+    infos: Sequence[StoreInfo],
+    *,
+    mpp: float | None = None,
+    patch_px: int | None = None,
+    tolerance: float = 0.05,
+    reference: str = "the config",
+) -> tuple[float | None, int]:
+    """The stores' common (mpp, patch_px); DataError naming the first store that differs.
+
+    ``mpp``/``patch_px`` given (by ``reference``: the config, a checkpoint) must match too;
+    mpp within ``tolerance`` relative difference. A store of unknown mpp only mixes with
+    others of unknown mpp.
+    """
+    if not infos:
+        raise DataError("no patch stores given; pass the .zarr stores written by `tile`")
+    ref = infos[0]
+    want_mpp = ref.mpp if mpp is None else mpp
+    want_px = ref.patch_px if patch_px is None else patch_px
+    origin = f"the first store ({ref.path})" if mpp is None else reference
+    px_origin = f"the first store ({ref.path})" if patch_px is None else reference
+    for info in infos:
+        if info.patch_px != want_px:
+            raise DataError(
+                f"{info.path}: patches of {info.patch_px} px, but {px_origin} has {want_px} px; "
+                "tile every slide with the same patch_px"
+            )
+        if not _same_mpp(info.mpp, want_mpp, tolerance):
+            raise DataError(
+                f"{info.path}: tiled at {_mpp_text(info.mpp)} um/px, but {origin} has "
+                f"{_mpp_text(want_mpp)} um/px; tile every slide at the same target_mpp"
+            )
+    return want_mpp, want_px
+
+
+def _same_mpp(a: float | None, b: float | None, tolerance: float) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(a - b) <= tolerance * max(a, b)
+
+
+def _mpp_text(mpp: float | None) -> str:
+    return "unknown" if mpp is None else f"{mpp:.4g}"
+
+
+def global_class_names(
+    infos: Sequence[StoreInfo], classes: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """One class list for all stores: ``classes`` if given, else the union in first-seen order.
+
+    Only classes some patch is labelled with count, so an unused name in one store's list
+    does not become a class nothing trains. DataError for a store without labels or a class
+    outside ``classes``.
+    """
+    names: list[str] = list(classes) if classes is not None else []
+    for info in infos:
+        used = sorted(set(info.labels[info.labels >= 0].tolist()))
+        if not used:
+            raise DataError(
+                f"{info.path}: no labelled patch (all labels are -1); tile it with labels "
+                "(--annotations, --labels-csv or --slide-label) or leave it out"
+            )
+        if max(used) >= len(info.classes):
+            raise DataError(
+                f"{info.path}: label {max(used)} but only {len(info.classes)} class names "
+                "in its attrs; re-tile it"
+            )
+        for index in used:
+            name = info.classes[index]
+            if name in names:
+                continue
+            if classes is not None:
+                raise DataError(
+                    f"{info.path}: class {name!r} is not in data.classes {list(classes)}; "
+                    "add it or leave the store out"
+                )
+            names.append(name)
+    return tuple(names)
+
+
+def global_labels(info: StoreInfo, class_names: Sequence[str]) -> np.ndarray:
+    """The store's labels as indices into ``class_names`` (int64; -1 stays unlabelled)."""
+    lookup = np.array(
+        [class_names.index(c) if c in class_names else UNLABELLED for c in info.classes] + [-1],
+        dtype=np.int64,
+    )
+    labels = info.labels.astype(np.int64)
+    return np.where(labels >= 0, lookup[labels], UNLABELLED)
+
+
+def class_counts(labels: np.ndarray, n_classes: int) -> list[int]:
+    """Patches per class (unlabelled ones not counted)."""
+    return np.bincount(labels[labels >= 0], minlength=n_classes)[:n_classes].tolist()
+
+
+@dataclass(frozen=True)
+class SlideSplit:
+    """Stores (by index into the list given) on each side of a slide-level split."""
+
+    train: tuple[int, ...]
+    val: tuple[int, ...]
+
+
+def split_by_slide(
+    slide_ids: Sequence[str],
+    labels: Sequence[np.ndarray],
+    n_classes: int,
+    val_fraction: float,
+    seed: int,
+    tries: int = 200,
+) -> SlideSplit:
+    """Split stores so no slide has patches on both sides; every class on both where possible.
+
+    Stores of the same slide id go together. Among ``tries`` seeded shuffles, each filled
+    greedily up to ``val_fraction`` of the labelled patches, the split that misses the fewest
+    classes (train first) and comes closest to the fraction wins. Deterministic in ``seed``.
+    """
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"val_fraction={val_fraction}: must be in [0, 1)")
+    groups: dict[str, list[int]] = {}
+    for index, slide in enumerate(slide_ids):
+        groups.setdefault(slide, []).append(index)
+    if val_fraction == 0:
+        return SlideSplit(tuple(range(len(slide_ids))), ())
+    if len(groups) < 2:
+        raise DataError(
+            f"only one slide ({next(iter(groups), '?')}): a validation split by slide needs "
+            "at least two; add slides, pass validation stores, or set data.val_fraction: 0"
+        )
+    slides = list(groups)
+    counts = {
+        s: np.sum([class_counts(labels[i], n_classes) for i in groups[s]], axis=0) for s in slides
+    }
+    total = float(sum(c.sum() for c in counts.values()))
+    rng = np.random.default_rng(seed)
+    best: tuple[tuple[int, int, float], list[str]] | None = None
+    for _ in range(tries):
+        order = [slides[i] for i in rng.permutation(len(slides))]
+        val: list[str] = []
+        val_n = 0.0
+        for slide in order[:-1]:  # at least one slide stays in train
+            if val and val_n + counts[slide].sum() / 2 > val_fraction * total:
+                break
+            val.append(slide)
+            val_n += counts[slide].sum()
+        val_counts = np.sum([counts[s] for s in val], axis=0)
+        train_counts = np.sum([counts[s] for s in slides if s not in val], axis=0)
+        score = (
+            int((train_counts == 0).sum()),
+            int((val_counts == 0).sum()),
+            abs(val_n / total - val_fraction),
+        )
+        if best is None or score < best[0]:
+            best = (score, val)
+    assert best is not None
+    val_set = set(best[1])
+    return SlideSplit(
+        tuple(i for i, s in enumerate(slide_ids) if s not in val_set),
+        tuple(i for i, s in enumerate(slide_ids) if s in val_set),
+    )
+
+
+class PatchDataset(Dataset[dict[str, torch.Tensor]]):
+    """Patches of several stores as one dataset of dicts of tensors.
+
+    Each item: ``image`` (3, H, W) float, ``label`` (int64, -1 unlabelled), ``index`` (the
+    item's position here; ``items[index]`` is (store, patch)), and with ``with_cam`` the
+    stored teacher ``cam`` (after the transform), with ``with_mask`` the pixel ``mask``
+    (P, P) uint8 as stored. ``labelled_only`` drops unlabelled patches.
+    """
+
+    def __init__(
+        self,
+        stores: Sequence[StoreInfo],
+        class_names: Sequence[str],
+        transform: Transform,
+        *,
+        labelled_only: bool = True,
+        with_cam: bool = False,
+        with_mask: bool = False,
+    ) -> None:
+        self.paths = tuple(info.path for info in stores)
+        self.class_names = tuple(class_names)
+        self.transform = transform
+        self.with_cam = with_cam
+        self.with_mask = with_mask
+        for info in stores:
+            if with_mask and not info.has_masks:
+                raise DataError(f"{info.path}: no 'masks' array; pixel masks are needed here")
+            if with_cam and not (info.cams or {}).get("complete"):
+                raise DataError(
+                    f"{info.path}: no complete teacher CAMs; run the 'cams' stage first"
+                )
+        items, labels = [], []
+        for store_index, info in enumerate(stores):
+            store_labels = global_labels(info, self.class_names)
+            keep = (
+                np.flatnonzero(store_labels >= 0) if labelled_only else np.arange(len(info.labels))
+            )
+            items.append(np.stack([np.full(len(keep), store_index), keep], axis=1))
+            labels.append(store_labels[keep])
+        self.items = np.concatenate(items) if items else np.zeros((0, 2), np.int64)
+        self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        self._arrays: dict[int, dict[str, zarr.Array]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_arrays"] = None  # workers reopen: open zarr arrays never cross processes
+        return state
+
+    def _open(self, store_index: int) -> dict[str, zarr.Array]:
+        if self._arrays is None:
+            self._arrays = {}
+        arrays = self._arrays.get(store_index)
+        if arrays is None:
+            group = open_patch_store(self.paths[store_index]).group
+            names = ["patches"] + ["cams"] * self.with_cam + ["masks"] * self.with_mask
+            arrays = {name: group[name] for name in names}  # type: ignore[misc]
+            self._arrays[store_index] = arrays
+        return arrays
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        store_index, patch_index = (int(v) for v in self.items[index])
+        arrays = self._open(store_index)
+        patch = np.asarray(arrays["patches"][patch_index])
+        cam = np.asarray(arrays["cams"][patch_index]) if self.with_cam else None
+        image, out_cam = self.transform(patch, cam)
+        sample = {
+            "image": image,
+            "label": torch.tensor(int(self.labels[index])),
+            "index": torch.tensor(index),
+        }
+        if out_cam is not None:
+            sample["cam"] = out_cam
+        if self.with_mask:
+            sample["mask"] = torch.from_numpy(np.asarray(arrays["masks"][patch_index]))
+        return sample

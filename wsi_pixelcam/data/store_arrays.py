@@ -1,0 +1,72 @@
+"""Derived arrays (teacher ``cams``, pixel ``masks``) added to a complete patch store.
+
+The store contract lets later stages add arrays but never touch the ones tiling wrote. An
+addition is built under a temporary array name, renamed into place, and only then recorded
+as complete in the store's attrs (``attrs[name]``), so an interrupted write is seen as
+unfinished and redone, never read. The store's lock keeps two writers apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import ZstdCodec
+
+from wsi_pixelcam.store import open_patch_store
+from wsi_pixelcam.store.lock import StoreLock
+from wsi_pixelcam.store.patch_store import json_safe, replace_dir
+
+
+def completed_record(store_path: str | Path, name: str) -> dict[str, Any] | None:
+    """The attrs record of array ``name`` if it was written to the end, else None."""
+    store = open_patch_store(store_path)
+    record = store.attrs.get(name)
+    if isinstance(record, dict) and record.get("complete") is True and store.has(name):
+        return record
+    return None
+
+
+def add_array(
+    store_path: str | Path,
+    name: str,
+    *,
+    shape: tuple[int, ...],
+    dtype: str,
+    chunk_rows: int,
+    record: Mapping[str, Any],
+    blocks: Iterable[tuple[int, np.ndarray]],
+) -> None:
+    """Write array ``name`` (N, ...) from ``blocks`` of (first row, rows) and record it.
+
+    ``record`` (JSON-safe) goes to ``attrs[name]`` with ``complete: true`` once the array is
+    in place; an existing array of that name is replaced.
+    """
+    path = Path(store_path)
+    with StoreLock(path):
+        group = open_patch_store(path, mode="r+").group
+        group.attrs[name] = {**json_safe(dict(record)), "complete": False}
+        partial = f"_{name}_partial"
+        array = group.create_array(
+            partial,
+            shape=shape,
+            chunks=(max(1, min(chunk_rows, shape[0])), *shape[1:]),
+            dtype=dtype,
+            compressors=ZstdCodec(level=3),
+            overwrite=True,
+        )
+        _fill(array, blocks)
+        replace_dir(path / partial, path / name)
+        group.attrs[name] = {**json_safe(dict(record)), "complete": True}
+
+
+def _fill(array: zarr.Array, blocks: Iterable[tuple[int, np.ndarray]]) -> None:
+    written = 0
+    for start, rows in blocks:
+        array[start : start + len(rows)] = rows
+        written += len(rows)
+    if written != array.shape[0]:
+        raise RuntimeError(f"wrote {written} of {array.shape[0]} rows")

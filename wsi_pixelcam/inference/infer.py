@@ -1,0 +1,385 @@
+"""``infer_slide``: a slide or patch store in, heatmaps, overlay, ROIs and summary out.
+
+Outputs land in ``OUT/<slide_id>/``: ``heatmap.zarr`` (multiscale, at ``output_mpp``; channel
+0 the foreground probability, then the teacher CAM when asked for), ``class_probs.zarr`` (one
+channel per class, one pixel per grid stride: the patch resolution those values have),
+``overlay.png``, ``rois.geojson``, optionally ``tiles.geojson[.gz]``, and ``summary.json``,
+written last. A slide file is tiled first into ``stores_dir`` with the checkpoint's
+resolution and patch size. Stitching runs in background threads while the model predicts."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wsi_pixelcam import __version__
+from wsi_pixelcam.config import InferConfig
+from wsi_pixelcam.errors import ConfigError, ModelError, OutputError, StoreError
+from wsi_pixelcam.geo.geojson import write_geojson
+from wsi_pixelcam.inference import outputs
+from wsi_pixelcam.inference.predict import (
+    InferenceModel,
+    ModelMeta,
+    check_store_fits,
+    predict_store,
+)
+from wsi_pixelcam.inference.rois import extract_rois
+from wsi_pixelcam.inference.settings import resolve_threshold, roi_index, tile_config
+from wsi_pixelcam.inference.stitch import Stitcher
+from wsi_pixelcam.inference.stitch_queue import StitchQueue
+from wsi_pixelcam.store.heatmap_store import HeatmapStore, open_heatmap
+from wsi_pixelcam.store.lock import StoreLock
+from wsi_pixelcam.store.outdir import ensure_writable_dir
+from wsi_pixelcam.store.patch_store import (
+    SCHEMA as PATCH_STORE_SCHEMA,
+)
+from wsi_pixelcam.store.patch_store import (
+    TMP_MARK,
+    PatchStore,
+    open_patch_store,
+    read_store_attrs,
+    remove_stale_temporaries,
+    replace_dir,
+)
+from wsi_pixelcam.tiling import tile_slide
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+"""Called with (patches done, patches total) while a slide is predicted."""
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """What happened to one slide; small enough to cross process boundaries."""
+
+    slide_id: str
+    out_dir: str
+    status: str  # "ok" or "skipped"
+    n_patches: int
+    n_rois: int
+    roi_area_um2: float
+    threshold: float
+    predicted_class: str
+    class_probs: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    message: str = ""
+
+
+def infer_slide(
+    source: str | Path,
+    model: InferenceModel,
+    cfg: InferConfig,
+    out_dir: str | Path,
+    *,
+    slide_id: str | None = None,
+    stores_dir: str | Path | None = None,
+    mpp_override: float | None = None,
+    overwrite: bool = False,
+    progress: ProgressFn | None = None,
+) -> InferResult:
+    """Run inference for one slide file or patch store into ``out_dir/<slide_id>/``.
+
+    Outputs complete with the same parameters are skipped; outputs made with others are
+    refused unless ``overwrite``. Slides are tiled into ``stores_dir`` (default
+    ``out_dir/stores``). Raises a WsiPixelcamError subclass naming the file on bad input.
+    """
+    started = time.perf_counter()
+    source, out_dir = Path(source), Path(out_dir)
+    threshold, threshold_source = resolve_threshold(cfg, model.meta)
+    roi_idx = roi_index(cfg, model.meta)
+    ensure_writable_dir(out_dir)
+    tile_s = time.perf_counter()
+    store = _open_or_tile(
+        source, model.meta, cfg, Path(stores_dir) if stores_dir else out_dir / "stores",
+        slide_id, mpp_override,
+    )  # fmt: skip
+    tile_s = time.perf_counter() - tile_s
+    slide_id = slide_id or str(store.attrs.get("slide_id") or store.path.stem)
+    check_store_fits(store, model.meta, cfg.mpp_tolerance)
+    params = {
+        **cfg.output_params(),
+        "threshold": threshold,
+        "roi_class": model.meta.class_names[roi_idx],
+        "model_fingerprint": model.fingerprint(),
+        "store": _store_identity(store),
+    }
+    final = out_dir / slide_id
+    if final.exists():
+        done = outputs.read_complete_summary(final)
+        if done is not None and not outputs.changed_params(done["params"], params):
+            return _result_from_summary(done, str(final), time.perf_counter() - started)
+        if done is not None and not overwrite:
+            changed = ", ".join(outputs.changed_params(done["params"], params))
+            raise OutputError(
+                f"{final}: already inferred with other parameters ({changed} differ); "
+                "pass --overwrite to replace it"
+            )
+    with StoreLock(final):
+        remove_stale_temporaries(final)
+        tmp = final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+        try:
+            tmp.mkdir()
+            summary = _infer_into(
+                tmp, store, model, cfg, slide_id, params, threshold_source, roi_idx, progress
+            )
+            summary["timings_s"]["tile"] = round(tile_s, 3)
+            summary["timings_s"]["total"] = round(time.perf_counter() - started, 3)
+            summary["source"]["input"] = str(source)
+            outputs.write_json(tmp / outputs.SUMMARY, summary)
+            replace_dir(tmp, final)
+        except OSError as exc:
+            if isinstance(exc, (OutputError, StoreError)):
+                raise
+            raise OutputError(
+                f"{final}: writing the outputs failed ({exc.strerror or exc}); "
+                "nothing was marked complete: free space or fix permissions and run again"
+            ) from exc
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _result_from_summary(summary, str(final), time.perf_counter() - started, "ok")
+
+
+def _open_or_tile(
+    source: Path,
+    meta: ModelMeta,
+    cfg: InferConfig,
+    stores_dir: Path,
+    slide_id: str | None,
+    mpp_override: float | None,
+) -> PatchStore:
+    attrs = read_store_attrs(source) if source.is_dir() else None
+    if source.suffix == ".zarr" or (attrs or {}).get("schema") == PATCH_STORE_SCHEMA:
+        return open_patch_store(source)
+    result = tile_slide(
+        source, tile_config(cfg, meta), stores_dir, slide_id=slide_id, mpp_override=mpp_override
+    )
+    logger.info("%s: %s patch store %s", source, result.status, result.store_path)
+    return open_patch_store(result.store_path)
+
+
+def _store_identity(store: PatchStore) -> dict[str, Any]:
+    attrs = store.attrs
+    return {
+        "path": str(store.path.resolve()),
+        "created": attrs.get("created"),
+        "n_patches": len(store),
+        "content_hash": attrs.get("slide", {}).get("content_hash"),
+    }
+
+
+def _infer_into(
+    tmp: Path,
+    store: PatchStore,
+    model: InferenceModel,
+    cfg: InferConfig,
+    slide_id: str,
+    params: dict[str, Any],
+    threshold_source: str,
+    roi_index: int,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:
+    """Write every output but the summary into ``tmp``; return the summary."""
+    meta = model.meta
+    attrs = store.attrs
+    timings: dict[str, float] = {}
+    mpp0 = float(attrs["mpp"]["value"])
+    width0, height0 = (int(v) for v in attrs["slide"]["dimensions_level0"])
+    bounds = tuple(float(v) for v in attrs["slide"].get("bounds_offset", (0, 0)))
+    offset = (bounds[0], bounds[1]) if cfg.frame == "qupath" else (0.0, 0.0)
+    patch_level0 = float(attrs["tiling"]["patch_level0"])
+    patch_mpp = float(attrs["tiling"]["effective_mpp"])
+    if cfg.output_mpp < patch_mpp * (1 - 1e-6):
+        raise ConfigError(
+            f"output_mpp {cfg.output_mpp} is finer than the patches ({patch_mpp:.4g} um/px); "
+            "the heatmap cannot be sharper than its input: raise output_mpp"
+        )
+    n = len(store)
+    if n == 0:
+        raise StoreError(f"{store.path}: the patch store holds no patches")
+    channels = ["foreground"] + ([f"cam:{meta.class_names[roi_index]}"] if cfg.teacher_cam else [])
+    class_channels = [f"prob:{c}" for c in meta.class_names]
+    provenance = {"slide_id": slide_id, "model": model.name, **params}
+    fg_stitcher = _stitcher(
+        tmp / "heatmap.zarr", attrs, cfg.output_mpp / mpp0, channels, provenance, cfg
+    )
+    # class probabilities are one value per patch: one heatmap pixel per grid stride
+    stride0 = float(attrs["tiling"].get("stride_level0", patch_level0))
+    class_stitcher = _stitcher(
+        tmp / "class_probs.zarr", attrs, stride0, class_channels, provenance, cfg
+    )
+    coords, tissue = store.coords, store.tissue_frac
+    probs = np.full((n, len(meta.class_names)), np.nan, np.float32)
+    fg_mean = np.full(n, np.nan, np.float32)
+    fg_max = np.full(n, np.nan, np.float32)
+    t_predict = time.perf_counter()
+    with StitchQueue(fg_stitcher) as fg_queue, StitchQueue(class_stitcher) as class_queue:
+        for batch in predict_store(store, model, cfg, cam_class=roi_index):
+            rows = slice(batch.start, batch.start + len(batch.class_probs))
+            ok = np.isfinite(batch.class_probs).all(axis=1)
+            ok &= np.isfinite(batch.fg_maps).all(axis=(1, 2))
+            ok &= np.isfinite(batch.cams).all(axis=(1, 2))
+            probs[rows][ok] = batch.class_probs[ok]
+            fg_mean[rows][ok] = batch.fg_maps[ok].mean(axis=(1, 2))
+            fg_max[rows][ok] = batch.fg_maps[ok].max(axis=(1, 2))
+            maps = batch.fg_maps[:, None]
+            if cfg.teacher_cam:
+                maps = np.concatenate([maps, batch.cams[:, None]], axis=1)
+            fg_queue.put(maps[ok], coords[rows][ok])
+            class_queue.put(batch.class_probs[ok][:, :, None, None], coords[rows][ok])
+            if progress is not None:
+                progress(rows.stop, n)
+        timings["predict"] = time.perf_counter() - t_predict
+    timings["stitch_tail"] = time.perf_counter() - t_predict - timings["predict"]
+    timings["stitch_busy"] = fg_queue.busy_s + class_queue.busy_s
+    n_bad = int((~np.isfinite(probs).all(axis=1)).sum())
+    if n_bad == n:
+        raise ModelError(
+            f"{store.path}: the model predicted NaN or infinity for all {n} patches; the "
+            "checkpoint's weights are broken (diverged training?)"
+            + ("; or float16 overflowed: try amp: false" if cfg.amp else "")
+        )
+    if n_bad:
+        logger.warning("%s: %d of %d patches predicted non-finite; left out", slide_id, n_bad, n)
+    t0 = time.perf_counter()
+    heatmap = open_heatmap(fg_stitcher.finish())
+    class_stitcher.finish()
+    timings["finalize"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outputs.write_overlay(tmp / "overlay.png", store, heatmap, width0, height0, cfg.overlay_alpha)
+    timings["overlay"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    threshold = float(params["threshold"])
+    rois = extract_rois(
+        heatmap,
+        threshold,
+        frame_offset_level0=offset,
+        min_area_um2=cfg.min_area_um2,
+        min_hole_um2=cfg.min_hole_um2,
+        simplify_um=cfg.simplify_um,
+    )
+    timings["rois"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    roi_class = meta.class_names[roi_index]
+    metadata = {
+        "model": model.name,
+        "threshold": f"{threshold:g}",
+        "frame": "qupath (level-0 minus bounds offset)" if cfg.frame == "qupath" else "level0",
+        "mpp": f"{cfg.output_mpp:g}",
+        "slide_id": slide_id,
+    }
+    write_geojson(tmp / "rois.geojson", outputs.roi_features(rois, roi_class, metadata))
+    message = f"{len(rois)} ROI(s) at threshold {threshold:g}"
+    if not rois:
+        message = f"no foreground at threshold {threshold:g}: rois.geojson has no features"
+        logger.info("%s: %s", slide_id, message)
+    tiles_name = None
+    if cfg.write_tiles:
+        tiles = outputs.tile_features(
+            coords, patch_level0, probs, fg_mean, fg_max, tissue,
+            class_names=meta.class_names, roi_index=roi_index, frame_offset_level0=offset,
+        )  # fmt: skip
+        tiles_path = write_geojson(
+            tmp / "tiles.geojson", tiles, gzip=len(tiles) > cfg.tiles_gzip_over
+        )
+        tiles_name = tiles_path.name
+    timings["geojson"] = time.perf_counter() - t0
+    return {
+        "schema": outputs.SUMMARY_SCHEMA,
+        "schema_version": outputs.SUMMARY_VERSION,
+        "slide_id": slide_id,
+        "message": message,
+        "source": {"store": str(store.path), "n_patches": n, "n_nonfinite_patches": n_bad},
+        "model": {
+            "name": model.name,
+            "fingerprint": params["model_fingerprint"],
+            "class_names": list(meta.class_names),
+            "mpp": meta.mpp,
+            "patch_px": meta.patch_px,
+        },
+        "prediction": outputs.slide_prediction(probs, tissue, meta.class_names),
+        "rois": {
+            "count": len(rois),
+            "total_area_um2": float(sum(r.area_um2 for r in rois)),
+            "class": roi_class,
+            "threshold": threshold,
+            "threshold_source": threshold_source,
+            "frame": metadata["frame"],
+        },
+        "heatmap": {
+            "mpp": cfg.output_mpp,
+            "shape_hw": list(heatmap.levels[0].shape[1:]),
+            "levels": len(heatmap.levels),
+            "channels": channels,
+            "window": cfg.window,
+            "class_probs_mpp": stride0 * mpp0,
+            "class_probs_channels": class_channels,
+        },
+        "files": {
+            "heatmap": "heatmap.zarr",
+            "class_probs": "class_probs.zarr",
+            "overlay": "overlay.png",
+            "rois": "rois.geojson",
+            "tiles": tiles_name,
+        },
+        "params": params,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "package_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "complete": True,
+    }
+
+
+def _stitcher(
+    path: Path,
+    attrs: dict[str, Any],
+    level0_per_px: float,
+    channels: list[str],
+    provenance: dict[str, Any],
+    cfg: InferConfig,
+) -> Stitcher:
+    """A stitcher into a new heatmap over the whole slide at ``level0_per_px``."""
+    width0, height0 = (int(v) for v in attrs["slide"]["dimensions_level0"])
+    bounds = attrs["slide"].get("bounds_offset", (0, 0))
+    store = HeatmapStore.create(
+        path,
+        (math.ceil(height0 / level0_per_px), math.ceil(width0 / level0_per_px)),
+        level0_per_px * float(attrs["mpp"]["value"]),
+        level0_per_px=level0_per_px,
+        frame_offset_level0=(float(bounds[0]), float(bounds[1])),
+        chunk_px=cfg.chunk_px,
+        n_channels=len(channels),
+        provenance={**provenance, "channels": channels},
+    )
+    return Stitcher(
+        store, patch_level0_px=float(attrs["tiling"]["patch_level0"]), window=cfg.window
+    )
+
+
+def _result_from_summary(
+    summary: dict[str, Any], out_dir: str, seconds: float, status: str = "skipped"
+) -> InferResult:
+    rois, prediction = summary["rois"], summary["prediction"]
+    return InferResult(
+        slide_id=summary["slide_id"],
+        out_dir=out_dir,
+        status=status,
+        n_patches=int(summary["source"]["n_patches"]),
+        n_rois=int(rois["count"]),
+        roi_area_um2=float(rois["total_area_um2"]),
+        threshold=float(rois["threshold"]),
+        predicted_class=str(prediction["predicted_class"]),
+        class_probs=dict(prediction["class_probs"]),
+        seconds=seconds,
+        message=summary["message"] if status == "ok" else "outputs complete, same parameters",
+    )

@@ -1,0 +1,385 @@
+"""Training from patch stores: teacher -> CAM dump -> PixelCAM (PIXELCAM.md, Pipeline).
+
+``train`` checks the stores (labels, classes, tiling), splits them by slide, and runs the
+stages asked for. Each stage can run on its own (``stage=``) and resumes where an earlier,
+interrupted call stopped; a finished stage is not redone. Output directory::
+
+    split.json      classes, slides on each side, class counts (fixed for the run)
+    metrics.jsonl   one line per epoch and stage
+    teacher/        last.pt best_cls.pt [best_loc.pt] state.pt
+    pixelcam/       last.pt best_cls.pt [best_loc.pt] state.pt
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from wsi_pixelcam.config import TrainConfig
+from wsi_pixelcam.data.patch_dataset import (
+    PatchDataset,
+    StoreInfo,
+    check_tiling,
+    class_counts,
+    global_class_names,
+    global_labels,
+    read_store_info,
+    split_by_slide,
+)
+from wsi_pixelcam.data.transforms import EvalTransform, TrainTransform
+from wsi_pixelcam.errors import CheckpointError, ConfigError, DataError
+from wsi_pixelcam.model.encoders import EncoderSpec
+from wsi_pixelcam.model.pixelcam import PixelCAM, PixelCAMSpec, build_pixelcam
+from wsi_pixelcam.training.cam_dump import CamDumpResult, cams_up_to_date, dump_cams, file_sha256
+from wsi_pixelcam.training.checkpoint import CheckpointMeta, load_checkpoint
+from wsi_pixelcam.training.loop import (
+    ProgressFn,
+    Seeder,
+    SharedGeometry,
+    epoch_seed,
+    resolve_device,
+    seed_everything,
+)
+from wsi_pixelcam.training.stage import StagePlan, StageResult, run_stage
+
+logger = logging.getLogger(__name__)
+
+Stage = Literal["teacher", "cams", "pixelcam"]
+STAGES: tuple[Stage, ...] = ("teacher", "cams", "pixelcam")
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """The data a run trains on: classes, slide-level split and class balance per side."""
+
+    class_names: tuple[str, ...]
+    mpp: float | None
+    patch_px: int
+    train_stores: tuple[str, ...]
+    val_stores: tuple[str, ...]
+    train_slides: tuple[str, ...]
+    val_slides: tuple[str, ...]
+    train_counts: tuple[int, ...]
+    val_counts: tuple[int, ...]
+    val_has_masks: bool
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a ``train`` call did; ``model_path`` is the PixelCAM checkpoint to infer with.
+
+    ``model_path`` is the pixelcam stage's best_loc where validation has masks, else its
+    best_cls; None if that stage has not run.
+    """
+
+    out_dir: Path
+    device: str
+    stages: tuple[Stage, ...]
+    data: DataSummary
+    teacher: StageResult | None
+    cams: tuple[CamDumpResult, ...]
+    pixelcam: StageResult | None
+    model_path: Path | None
+
+
+@dataclass(frozen=True)
+class _Data:
+    summary: DataSummary
+    train: list[StoreInfo]
+    val: list[StoreInfo]
+
+
+def train(
+    cfg: TrainConfig,
+    store_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    stage: Stage | None = None,
+    val_store_paths: Sequence[str | Path] | None = None,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Run all stages (``stage=None``) or one of them on ``store_paths``.
+
+    Validation stores come from ``val_store_paths`` if given, else a slide-level split of
+    ``store_paths`` (``cfg.data.val_fraction``). Raises DataError for unusable stores,
+    ModelError for an unknown encoder, unfit weights or an absent GPU, CheckpointError when
+    a stage's input (teacher checkpoint) is missing.
+    """
+    if stage is not None and stage not in STAGES:
+        raise ConfigError(f"stage={stage!r}: choose one of {', '.join(STAGES)}")
+    out = Path(out_dir)
+    data = _prepare_data(cfg, store_paths, val_store_paths)
+    device = resolve_device(cfg.device)
+    wanted = STAGES if stage is None else (stage,)
+    seed_everything(cfg.seed)
+    # built before anything is written: an unknown encoder or unfit weights leave no trace
+    teacher_model = _teacher_model(cfg, data) if "teacher" in wanted else None
+    out.mkdir(parents=True, exist_ok=True)
+    _fix_split(out / "split.json", data.summary)
+    _log_balance(data.summary)
+    teacher = cams = pixelcam = None
+    if teacher_model is not None:
+        teacher = _run_teacher(cfg, data, teacher_model, out, device, progress)
+    if "cams" in wanted:
+        cams = tuple(
+            dump_cams(
+                _cam_teacher(cfg, out),
+                [str(i.path) for i in data.train],
+                method=cfg.teacher.cam_method,
+                batch_size=cfg.optim.batch_size,
+                num_workers=cfg.data.num_workers,
+                device=device,
+                amp=cfg.amp,
+                progress=progress,
+            )
+        )
+    if "pixelcam" in wanted:
+        pixelcam = _run_pixelcam(cfg, data, out, device, progress)
+    model_path = None
+    if pixelcam is not None:
+        chosen = pixelcam.best_loc if pixelcam.best_loc is not None else pixelcam.best_cls
+        model_path = chosen.path
+    return TrainResult(
+        out, str(device), wanted, data.summary, teacher, cams or (), pixelcam, model_path
+    )
+
+
+def _prepare_data(
+    cfg: TrainConfig,
+    store_paths: Sequence[str | Path],
+    val_store_paths: Sequence[str | Path] | None,
+) -> _Data:
+    if not store_paths:
+        raise DataError("no patch stores given; pass the .zarr stores written by `tile`")
+    infos = [read_store_info(p) for p in store_paths]
+    val_given = [read_store_info(p) for p in val_store_paths or ()]
+    mpp, patch_px = check_tiling(
+        infos + val_given,
+        mpp=cfg.data.mpp,
+        patch_px=cfg.data.patch_px,
+        tolerance=cfg.data.mpp_tolerance,
+    )
+    classes = global_class_names(infos + val_given, cfg.data.classes)
+    if len(classes) < 2:
+        raise DataError(
+            f"only one class ({classes[0]!r}) is labelled in the stores; a classifier needs "
+            "patches of at least two classes"
+        )
+    labels = [global_labels(i, classes) for i in infos]
+    if val_store_paths:
+        shared = {i.slide_id for i in infos} & {i.slide_id for i in val_given}
+        if shared:
+            raise DataError(
+                f"slides {sorted(shared)} are in both the training and the validation stores; "
+                "a slide's patches must be on one side only"
+            )
+        train_infos, val_infos = infos, val_given
+    else:
+        split = split_by_slide(
+            [i.slide_id for i in infos], labels, len(classes), cfg.data.val_fraction, cfg.seed
+        )
+        train_infos = [infos[i] for i in split.train]
+        val_infos = [infos[i] for i in split.val]
+
+    def counts(side: list[StoreInfo]) -> tuple[int, ...]:
+        per_store = [class_counts(global_labels(i, classes), len(classes)) for i in side]
+        return tuple(int(sum(c[k] for c in per_store)) for k in range(len(classes)))
+
+    train_counts = counts(train_infos)
+    missing = [c for c, n in zip(classes, train_counts, strict=True) if n == 0]
+    if missing:
+        raise DataError(
+            f"no training patch of class(es) {missing} after the slide-level split; add "
+            "slides with those classes or lower data.val_fraction"
+        )
+    summary = DataSummary(
+        class_names=classes,
+        mpp=mpp,
+        patch_px=patch_px,
+        train_stores=tuple(str(i.path) for i in train_infos),
+        val_stores=tuple(str(i.path) for i in val_infos),
+        train_slides=tuple(sorted({i.slide_id for i in train_infos})),
+        val_slides=tuple(sorted({i.slide_id for i in val_infos})),
+        train_counts=train_counts,
+        val_counts=counts(val_infos),
+        val_has_masks=bool(val_infos) and all(i.has_masks for i in val_infos),
+    )
+    return _Data(summary, train_infos, val_infos)
+
+
+def _fix_split(path: Path, summary: DataSummary) -> None:
+    """Record the split; a later call (another stage, a resume) must see the same one."""
+    current = json.loads(json.dumps(asdict(summary)))
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        keys = ("class_names", "train_slides", "val_slides")
+        if any(saved.get(k) != current[k] for k in keys):
+            raise DataError(
+                f"{path}: this run was split into other classes or slides "
+                f"(train {saved.get('train_slides')}, val {saved.get('val_slides')}); pass "
+                "the same stores and seed, or use a fresh output directory"
+            )
+        return
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def _log_balance(summary: DataSummary) -> None:
+    for side, slides, counts in (
+        ("train", summary.train_slides, summary.train_counts),
+        ("val", summary.val_slides, summary.val_counts),
+    ):
+        balance = ", ".join(f"{c}: {n}" for c, n in zip(summary.class_names, counts, strict=True))
+        logger.info("%s: %d slides, %d patches (%s)", side, len(slides), sum(counts), balance)
+
+
+def _meta(cfg: TrainConfig, data: _Data, stage: Literal["teacher", "pixelcam"]) -> CheckpointMeta:
+    return CheckpointMeta(
+        class_names=data.summary.class_names,
+        input_px=cfg.input.input_px,
+        mean=cfg.input.mean,
+        std=cfg.input.std,
+        mpp=math.nan if data.summary.mpp is None else data.summary.mpp,
+        patch_px=data.summary.patch_px,
+        stage=stage,
+        train_config=cfg.model_dump(mode="json"),
+    )
+
+
+def _plan(
+    cfg: TrainConfig,
+    data: _Data,
+    out: Path,
+    device: torch.device,
+    name: Literal["teacher", "pixelcam"],
+    seeder: Seeder | None,
+) -> StagePlan:
+    section = cfg.teacher if name == "teacher" else cfg.pixelcam
+    return StagePlan(
+        name=name,
+        stage_dir=out / name,
+        metrics_path=out / "metrics.jsonl",
+        epochs=section.epochs,
+        optim=cfg.optim,
+        seeder=seeder,
+        lam=cfg.pixelcam.lam,
+        cam_method=cfg.teacher.cam_method,
+        eval_px=cfg.eval.eval_px,
+        tau_metric=cfg.eval.tau_metric,
+        seed=cfg.seed,
+        num_workers=cfg.data.num_workers,
+        device=device,
+        amp=cfg.amp,
+        meta=_meta(cfg, data, name),
+        run_params=cfg.result_params(),
+    )
+
+
+def _datasets(
+    cfg: TrainConfig, data: _Data, feature_hw: tuple[int, int], with_cam: bool
+) -> tuple[PatchDataset, PatchDataset | None]:
+    geometry = SharedGeometry(cfg.input.resize_px, cfg.input.input_px, cfg.input.flips, feature_hw)
+    jitter = (cfg.input.brightness, cfg.input.contrast, cfg.input.saturation, cfg.input.hue)
+    classes = data.summary.class_names
+    train_set = PatchDataset(
+        data.train,
+        classes,
+        TrainTransform(geometry, jitter, cfg.input.mean, cfg.input.std),
+        with_cam=with_cam,
+    )
+    val_set = None
+    if data.val:
+        val_set = PatchDataset(
+            data.val,
+            classes,
+            EvalTransform(cfg.input.input_px, cfg.input.mean, cfg.input.std),
+            with_mask=data.summary.val_has_masks,
+        )
+    return train_set, val_set
+
+
+def _teacher_model(cfg: TrainConfig, data: _Data) -> PixelCAM:
+    torch.manual_seed(epoch_seed(cfg.seed, "teacher", 0))
+    spec = PixelCAMSpec(
+        EncoderSpec(cfg.model.encoder, cfg.model.output_stride, cfg.model.stride8_no_dilation),
+        num_classes=len(data.summary.class_names),
+        dropout=cfg.model.dropout,
+    )
+    return build_pixelcam(spec, pretrained=cfg.model.pretrained_weights())
+
+
+def _run_teacher(
+    cfg: TrainConfig,
+    data: _Data,
+    model: PixelCAM,
+    out: Path,
+    device: torch.device,
+    progress: ProgressFn | None,
+) -> StageResult:
+    train_set, val_set = _datasets(cfg, data, (1, 1), with_cam=False)
+    plan = _plan(cfg, data, out, device, "teacher", None)
+    return run_stage(
+        plan, model, train_set, val_set, val_has_masks=data.summary.val_has_masks, progress=progress
+    )
+
+
+def _teacher_file(out: Path, kind: str) -> Path:
+    path = out / "teacher" / f"{kind}.pt"
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: no teacher checkpoint; run the teacher stage first (--stage teacher)"
+        )
+    return path
+
+
+def _cam_teacher(cfg: TrainConfig, out: Path) -> Path:
+    """The teacher checkpoint whose CAMs are dumped (best_loc falls back to best_cls)."""
+    kind = cfg.teacher.cam_checkpoint
+    if kind == "best_loc" and not (out / "teacher" / "best_loc.pt").is_file():
+        kind = "best_cls"
+    return _teacher_file(out, kind)
+
+
+def _run_pixelcam(
+    cfg: TrainConfig, data: _Data, out: Path, device: torch.device, progress: ProgressFn | None
+) -> StageResult:
+    cam_teacher = _cam_teacher(cfg, out)
+    teacher_sha = file_sha256(cam_teacher)
+    stale = [
+        str(i.path)
+        for i in data.train
+        if not cams_up_to_date(i.path, teacher_sha, cfg.teacher.cam_method)
+    ]
+    if stale:
+        raise DataError(
+            f"{len(stale)} store(s) lack up-to-date CAMs of {cam_teacher} (first: {stale[0]}); "
+            "run the cams stage (--stage cams)"
+        )
+    init = _teacher_file(out, "best_cls")
+    model, meta = load_checkpoint(init, expect_class_names=data.summary.class_names)
+    if meta.stage != "teacher":
+        raise CheckpointError(f"{init}: a {meta.stage} checkpoint, not a teacher")
+    torch.manual_seed(epoch_seed(cfg.seed, "pixelcam", 0))
+    model.pixel_head.reset_parameters()  # a fresh pixel head on the teacher's encoder and head
+    with torch.no_grad():
+        grid = model.encoder(torch.zeros(1, 3, cfg.input.input_px, cfg.input.input_px)).shape
+    # re-read: the dump added the cams record to each store
+    fresh = _Data(data.summary, [read_store_info(i.path) for i in data.train], data.val)
+    train_set, val_set = _datasets(cfg, fresh, (int(grid[-2]), int(grid[-1])), with_cam=True)
+    seeder = Seeder.from_config(cfg.pixelcam.seeds, data.summary.class_names)
+    plan = _plan(cfg, data, out, device, "pixelcam", seeder)
+    return run_stage(
+        plan, model, train_set, val_set, val_has_masks=data.summary.val_has_masks, progress=progress
+    )
+
+
+def summary_dict(result: TrainResult) -> dict[str, Any]:
+    """A JSON-safe view of a TrainResult (for the CLI to print or save)."""
+    plain: dict[str, Any] = json.loads(json.dumps(asdict(result), default=str))
+    return plain
