@@ -19,8 +19,8 @@ from wsi_pixelcam.examples import bundled_annotation, bundled_example
 from wsi_pixelcam.inference.infer import InferResult, infer_slide
 from wsi_pixelcam.inference.predict import InferenceModel
 from wsi_pixelcam.labels import LabelSource
+from wsi_pixelcam.model.checkpoint import load_checkpoint
 from wsi_pixelcam.tiling import TilingResult, tile_slide
-from wsi_pixelcam.training.checkpoint import load_checkpoint
 from wsi_pixelcam.training.fit import TrainResult, train
 from wsi_pixelcam.training.loop import ProgressFn
 

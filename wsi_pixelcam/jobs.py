@@ -250,7 +250,7 @@ def infer_job(
     """Infer one slide or patch store inside a dask worker (checkpoint and slide opened here)."""
     from wsi_pixelcam.inference.infer import infer_slide
     from wsi_pixelcam.inference.predict import InferenceModel
-    from wsi_pixelcam.training.checkpoint import load_checkpoint
+    from wsi_pixelcam.model.checkpoint import load_checkpoint
 
     network, meta = load_checkpoint(model_path)
     result = infer_slide(

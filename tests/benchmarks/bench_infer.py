@@ -97,10 +97,10 @@ def run_throughput(args: argparse.Namespace) -> dict:
         predict_store,
         resolve_device,
     )
+    from wsi_pixelcam.model.checkpoint import CheckpointMeta
     from wsi_pixelcam.model.encoders import build_encoder
     from wsi_pixelcam.model.pixelcam import PixelCAM
     from wsi_pixelcam.store.patch_store import open_patch_store
-    from wsi_pixelcam.training.checkpoint import CheckpointMeta
 
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-infer-"))
     t0 = time.perf_counter()

@@ -16,10 +16,10 @@ import torch
 
 from wsi_pixelcam.data.masks import add_masks_from_annotations, rasterise
 from wsi_pixelcam.errors import AnnotationError
+from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.model.encoders import build_encoder
 from wsi_pixelcam.model.pixelcam import PixelCAM
 from wsi_pixelcam.store import PatchStoreWriter, open_patch_store
-from wsi_pixelcam.training.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.training.evaluate import evaluate
 
 OFFSET = (10, 20)  # the slide's bounds offset: QuPath's frame starts here

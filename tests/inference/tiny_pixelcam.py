@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.model.encoders import build_encoder
 from wsi_pixelcam.model.pixelcam import PixelCAM
-from wsi_pixelcam.training.checkpoint import CheckpointMeta, save_checkpoint
 
 MPP = 0.5
 PATCH_PX = 128  # 256 level-0 px on the 0.25 um/px test slides

@@ -17,11 +17,11 @@ import wsi_pixelcam.training.cam_dump as cam_dump
 from wsi_pixelcam.data.store_arrays import completed_record
 from wsi_pixelcam.data.transforms import EvalTransform
 from wsi_pixelcam.model.cam import compute_cam
+from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.model.encoders import build_encoder
 from wsi_pixelcam.model.pixelcam import PixelCAM
 from wsi_pixelcam.store import open_patch_store
 from wsi_pixelcam.training.cam_dump import dump_cams, file_sha256
-from wsi_pixelcam.training.checkpoint import CheckpointMeta, save_checkpoint
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

@@ -18,10 +18,10 @@ from wsi_pixelcam.config import EvalConfig
 from wsi_pixelcam.data.transforms import EvalTransform
 from wsi_pixelcam.errors import CheckpointError, DataError
 from wsi_pixelcam.model.cam import compute_cam, upsample_map
+from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.model.encoders import build_encoder
 from wsi_pixelcam.model.pixelcam import PixelCAM
 from wsi_pixelcam.store import open_patch_store
-from wsi_pixelcam.training.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.training.evaluate import evaluate
 from wsi_pixelcam.training.metrics import LocalizationAccumulator
 

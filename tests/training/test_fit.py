@@ -16,8 +16,8 @@ from storegen import make_store
 
 from wsi_pixelcam.config import TrainConfig, load_config
 from wsi_pixelcam.errors import CheckpointError, ConfigError, DataError, ModelError
+from wsi_pixelcam.model.checkpoint import load_checkpoint
 from wsi_pixelcam.store import open_patch_store
-from wsi_pixelcam.training.checkpoint import load_checkpoint
 from wsi_pixelcam.training.fit import train
 
 FAST: dict[str, Any] = {

@@ -29,7 +29,6 @@ from wsi_pixelcam.geo.geojson import write_geojson
 from wsi_pixelcam.inference import outputs
 from wsi_pixelcam.inference.predict import (
     InferenceModel,
-    ModelMeta,
     check_store_fits,
     predict_store,
 )
@@ -37,6 +36,7 @@ from wsi_pixelcam.inference.rois import extract_rois
 from wsi_pixelcam.inference.settings import resolve_threshold, roi_index, tile_config
 from wsi_pixelcam.inference.stitch import Stitcher
 from wsi_pixelcam.inference.stitch_queue import StitchQueue
+from wsi_pixelcam.model.checkpoint import CheckpointMeta
 from wsi_pixelcam.store.heatmap_store import HeatmapStore, open_heatmap
 from wsi_pixelcam.store.lock import StoreLock
 from wsi_pixelcam.store.outdir import ensure_writable_dir
@@ -152,7 +152,7 @@ def infer_slide(
 
 def _open_or_tile(
     source: Path,
-    meta: ModelMeta,
+    meta: CheckpointMeta,
     cfg: InferConfig,
     stores_dir: Path,
     slide_id: str | None,

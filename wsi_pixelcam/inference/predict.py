@@ -16,11 +16,11 @@ import hashlib
 import logging
 import math
 import multiprocessing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,31 +30,11 @@ from torch.utils.data import DataLoader, Dataset
 from wsi_pixelcam.config import InferConfig
 from wsi_pixelcam.errors import CheckpointError, ModelError
 from wsi_pixelcam.model.cam import compute_cam
+from wsi_pixelcam.model.checkpoint import CheckpointMeta
 from wsi_pixelcam.model.pixelcam import PixelCAM
 from wsi_pixelcam.store.patch_store import PatchStore, open_patch_store
 
 logger = logging.getLogger(__name__)
-
-
-class ModelMeta(Protocol):
-    """What inference reads of a checkpoint's metadata (``CheckpointMeta`` satisfies it)."""
-
-    @property
-    def class_names(self) -> tuple[str, ...]: ...
-    @property
-    def input_px(self) -> int: ...
-    @property
-    def mean(self) -> tuple[float, float, float]: ...
-    @property
-    def std(self) -> tuple[float, float, float]: ...
-    @property
-    def mpp(self) -> float: ...
-    @property
-    def patch_px(self) -> int: ...
-    @property
-    def val_metrics(self) -> Mapping[str, float]: ...
-    @property
-    def train_config(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -62,7 +42,7 @@ class InferenceModel:
     """A loaded PixelCAM, the metadata it must be fed by, and a name for provenance."""
 
     network: PixelCAM
-    meta: ModelMeta
+    meta: CheckpointMeta
     name: str = "pixelcam"
 
     def fingerprint(self) -> str:
@@ -102,7 +82,7 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_store_fits(store: PatchStore, meta: ModelMeta, mpp_tolerance: float) -> None:
+def check_store_fits(store: PatchStore, meta: CheckpointMeta, mpp_tolerance: float) -> None:
     """Refuse a store cut at another resolution or patch size than the model was trained on."""
     tiling = store.attrs.get("tiling", {})
     patch_px = int(tiling.get("patch_px", -1))
@@ -187,7 +167,7 @@ def predict_store(
 
 def predict_batches(
     network: PixelCAM,
-    meta: ModelMeta,
+    meta: CheckpointMeta,
     batches: Iterable[tuple[int, torch.Tensor]],
     device: torch.device,
     *,
@@ -229,7 +209,7 @@ class _InFlight:
 
 def _launch(
     network: PixelCAM,
-    meta: ModelMeta,
+    meta: CheckpointMeta,
     start: int,
     patches: torch.Tensor,
     device: torch.device,
@@ -267,7 +247,7 @@ def _copy_back(tensor: torch.Tensor) -> torch.Tensor:
     return host.copy_(tensor, non_blocking=True)
 
 
-def _normalise(patches: torch.Tensor, meta: ModelMeta) -> torch.Tensor:
+def _normalise(patches: torch.Tensor, meta: CheckpointMeta) -> torch.Tensor:
     """uint8 (B, P, P, 3) -> normalised float (B, 3, input_px, input_px), as ``EvalTransform``."""
     images = patches.permute(0, 3, 1, 2).float().div_(255.0)
     size = int(meta.input_px)

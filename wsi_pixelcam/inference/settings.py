@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from wsi_pixelcam.config import InferConfig, TileConfig
 from wsi_pixelcam.errors import CheckpointError, ConfigError
-from wsi_pixelcam.inference.predict import ModelMeta
+from wsi_pixelcam.model.checkpoint import CheckpointMeta
 
 BEST_TAU_KEYS = ("best_tau", "tau")
 """Checkpoint ``val_metrics`` keys read, in order, for the default ROI threshold."""
 
 
-def resolve_threshold(cfg: InferConfig, meta: ModelMeta) -> tuple[float, str]:
+def resolve_threshold(cfg: InferConfig, meta: CheckpointMeta) -> tuple[float, str]:
     """The ROI threshold and where it came from: config, the checkpoint's best tau, or 0.5."""
     if cfg.threshold is not None:
         return float(cfg.threshold), "config"
@@ -26,7 +26,7 @@ def resolve_threshold(cfg: InferConfig, meta: ModelMeta) -> tuple[float, str]:
     return 0.5, "default"
 
 
-def roi_index(cfg: InferConfig, meta: ModelMeta) -> int:
+def roi_index(cfg: InferConfig, meta: CheckpointMeta) -> int:
     """Index of the class ROIs are named after.
 
     Default: the last class that training did not treat as negative (its
@@ -45,7 +45,7 @@ def roi_index(cfg: InferConfig, meta: ModelMeta) -> int:
     return meta.class_names.index(cfg.roi_class)
 
 
-def tile_config(cfg: InferConfig, meta: ModelMeta) -> TileConfig:
+def tile_config(cfg: InferConfig, meta: CheckpointMeta) -> TileConfig:
     """The infer config's tiling with the checkpoint's resolution and patch size."""
     tile = cfg.tile
     for name, wanted in (("target_mpp", meta.mpp), ("patch_px", meta.patch_px)):

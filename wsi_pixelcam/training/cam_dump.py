@@ -25,8 +25,8 @@ from wsi_pixelcam.data.patch_dataset import PatchDataset, read_store_info
 from wsi_pixelcam.data.store_arrays import add_array, completed_record
 from wsi_pixelcam.data.transforms import EvalTransform
 from wsi_pixelcam.model.cam import CamMethod, compute_cam
+from wsi_pixelcam.model.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.model.pixelcam import PixelCAM
-from wsi_pixelcam.training.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.training.loop import ProgressFn, make_loader
 
 logger = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from wsi_pixelcam.data.patch_dataset import (
 from wsi_pixelcam.data.transforms import EvalTransform
 from wsi_pixelcam.errors import DataError, OutputError
 from wsi_pixelcam.model.cam import CamMethod
+from wsi_pixelcam.model.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.model.pixelcam import PixelCAM
-from wsi_pixelcam.training.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.training.loop import (
     EvalAccumulators,
     ProgressFn,

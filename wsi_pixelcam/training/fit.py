@@ -35,10 +35,10 @@ from wsi_pixelcam.data.patch_dataset import (
 )
 from wsi_pixelcam.data.transforms import EvalTransform, TrainTransform
 from wsi_pixelcam.errors import CheckpointError, ConfigError, DataError
+from wsi_pixelcam.model.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.model.encoders import EncoderSpec
 from wsi_pixelcam.model.pixelcam import PixelCAM, PixelCAMSpec, build_pixelcam
 from wsi_pixelcam.training.cam_dump import CamDumpResult, cams_up_to_date, dump_cams, file_sha256
-from wsi_pixelcam.training.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.training.loop import (
     ProgressFn,
     Seeder,

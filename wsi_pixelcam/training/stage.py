@@ -25,8 +25,8 @@ from torch.utils.data import Dataset
 from wsi_pixelcam.config import OptimConfig
 from wsi_pixelcam.errors import ConfigError, OutputError
 from wsi_pixelcam.model.cam import CamMethod
+from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.model.pixelcam import PixelCAM
-from wsi_pixelcam.training.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.training.loop import (
     EvalAccumulators,
     ProgressFn,

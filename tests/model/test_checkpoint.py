@@ -13,14 +13,14 @@ import torch
 
 from wsi_pixelcam import __version__
 from wsi_pixelcam.errors import CheckpointError, OutputError
-from wsi_pixelcam.model.encoders import build_encoder
-from wsi_pixelcam.model.pixelcam import PixelCAM
-from wsi_pixelcam.training.checkpoint import (
+from wsi_pixelcam.model.checkpoint import (
     FORMAT_VERSION,
     CheckpointMeta,
     load_checkpoint,
     save_checkpoint,
 )
+from wsi_pixelcam.model.encoders import build_encoder
+from wsi_pixelcam.model.pixelcam import PixelCAM
 
 
 def _meta(**changes) -> CheckpointMeta:
