@@ -14,12 +14,18 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from wsi_pixelcam.config import DemoConfig, load_config
 from wsi_pixelcam.examples import bundled_annotation, bundled_example
 from wsi_pixelcam.inference.infer import InferResult, infer_slide
 from wsi_pixelcam.inference.predict import InferenceModel
+from wsi_pixelcam.inference.stitch import overlay_png
 from wsi_pixelcam.labels import LabelSource
 from wsi_pixelcam.model.checkpoint import load_checkpoint
+from wsi_pixelcam.slide import open_slide
+from wsi_pixelcam.store.heatmap_store import open_heatmap
 from wsi_pixelcam.tiling import TilingResult, tile_slide
 from wsi_pixelcam.training.fit import TrainResult, train
 from wsi_pixelcam.training.loop import ProgressFn
@@ -35,6 +41,23 @@ class DemoResult:
     inference: InferResult
     outputs: dict[str, Path]
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _full_overlay(heatmap_path: Path, png: Path) -> Path:
+    """Side by side: the slide at the heatmap's resolution, and the heatmap blended on it.
+
+    The store's thumbnail (8 um/px) is too coarse to see the epidermis; the bundled slide is
+    small enough to read whole.
+    """
+    heatmap = open_heatmap(heatmap_path)
+    plane = heatmap.plane(0, 0)
+    values = np.asarray(plane[:, :])
+    with open_slide(bundled_example()) as reader:
+        rgb = reader.read_region((0, 0), 0, reader.dimensions)
+    slide = np.asarray(Image.fromarray(rgb).resize((values.shape[1], values.shape[0])))
+    overlay_png(slide, values, png, alpha=0.55)
+    Image.fromarray(np.concatenate([slide, np.asarray(Image.open(png))], axis=1)).save(png)
+    return png
 
 
 def demo_config() -> DemoConfig:
@@ -82,6 +105,7 @@ def run_demo(
     slide_out = Path(inference.out_dir)
     outputs = {
         "overlay": slide_out / "overlay.png",
+        "overlay_full": _full_overlay(slide_out / "heatmap.zarr", out / "demo_overlay.png"),
         "rois": slide_out / "rois.geojson",
         "tiles": next(iter(sorted(slide_out.glob("tiles.geojson*"))), slide_out / "tiles.geojson"),
         "summary": slide_out / "summary.json",

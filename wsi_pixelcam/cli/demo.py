@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         f"{infer.n_rois} ROI(s) of {infer.roi_area_um2 / 1e6:.3f} mm^2 at threshold "
         f"{infer.threshold:.2f}"
     )
-    print(f"  heatmap overlay : {out['overlay']}")
+    print(f"  slide | heatmap : {out['overlay_full']}")
+    print(f"  heatmap overlay : {out['overlay']}  (on the 8 um/px thumbnail)")
     print(f"  ROI polygons    : {out['rois']}")
     print(f"  per-patch tiles : {out['tiles']}")
     print(f"  summary         : {out['summary']}")

@@ -1,0 +1,23 @@
+"""The demo's code path on the real bundled slide (one epoch per stage to stay fast)."""
+
+import json
+
+from wsi_pixelcam.config import DemoConfig
+from wsi_pixelcam.demo import demo_config, run_demo
+from wsi_pixelcam.geo.geojson import validate_geojson_file
+
+
+def test_demo_writes_valid_outputs(tmp_path):
+    shipped = demo_config().model_dump()
+    shipped["train"]["teacher"]["epochs"] = 1
+    shipped["train"]["pixelcam"]["epochs"] = 1
+    result = run_demo(tmp_path, cfg=DemoConfig.model_validate(shipped))
+    out = result.outputs
+    assert result.tiling.n_patches > 400
+    assert out["overlay"].is_file() and out["overlay_full"].is_file()
+    validate_geojson_file(out["rois"])
+    validate_geojson_file(out["tiles"])
+    summary = json.loads(out["summary"].read_text())
+    assert summary["complete"] is True
+    assert set(summary["prediction"]["class_probs"]) == {"Epidermis", "background"}
+    assert summary["rois"]["class"] == "Epidermis"
