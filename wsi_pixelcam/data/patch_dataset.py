@@ -109,7 +109,9 @@ def _mpp_text(mpp: float | None) -> str:
 def global_class_names(
     infos: Sequence[StoreInfo], classes: Sequence[str] | None = None
 ) -> tuple[str, ...]:
-    """One class list for all stores: ``classes`` if given, else the union in first-seen order.
+    """One class list for all stores: ``classes`` if given, else the sorted union.
+
+    Sorting makes class indices independent of the order the stores are listed in.
 
     Only classes some patch is labelled with count, so an unused name in one store's list
     does not become a class nothing trains. DataError for a store without labels or a class
@@ -138,7 +140,7 @@ def global_class_names(
                     "add it or leave the store out"
                 )
             names.append(name)
-    return tuple(names)
+    return tuple(names) if classes is not None else tuple(sorted(names))
 
 
 def global_labels(info: StoreInfo, class_names: Sequence[str]) -> np.ndarray:
