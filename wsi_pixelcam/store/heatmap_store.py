@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ SCHEMA_VERSION = 1
 _ACC = "accumulator"  # (C + 1, H, W): weighted sums of the C channels, then the weight sum
 _RUN_CHUNKS = 8  # chunks read or written per zarr call: fewer calls, memory still bounded
 _MIN_LEVEL_PX = 256  # stop the pyramid once a level fits in this many pixels per side
+_CACHE_CHUNKS = 64  # accumulator chunks kept in memory (2 MiB each at 512 px, one channel)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ class HeatmapStore:
         self.mpp = float(attrs["mpp"])
         self.level0_per_px = float(attrs["level0_per_px"])
         self._touched: set[tuple[int, int]] = set()
+        # recently used accumulator chunks, least recent first: patches arrive in slide order,
+        # so most blocks land in cached chunks and each chunk is read and written about once
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
 
     @classmethod
     def create(
@@ -123,31 +128,51 @@ class HeatmapStore:
         return cls(path, tmp_path, group, chunk_px)
 
     def add(self, blocks: Iterable[Block]) -> None:
-        """Add blocks into the accumulator, reading and writing each touched chunk once."""
+        """Add blocks into the accumulator through a bounded cache of its chunks."""
         height, width = self.shape_hw
         c = self.chunk_px
-        batch: list[Block] = []
-        touched: set[tuple[int, int]] = set()
         for block in blocks:
             h, w = block.weight.shape
             y0, y1 = max(block.y0, 0), min(block.y0 + h, height)
             x0, x1 = max(block.x0, 0), min(block.x0 + w, width)
-            if y0 < y1 and x0 < x1:
-                batch.append(block)
-                touched.update(
-                    (cy, cx)
-                    for cy in range(y0 // c, (y1 - 1) // c + 1)
-                    for cx in range(x0 // c, (x1 - 1) // c + 1)
-                )
-        for ys, xs in _runs(touched, c, self.shape_hw):
-            acc = _read(self._acc, (slice(None), ys, xs))
-            for block in batch:
-                _add_block(acc, ys.start, xs.start, block)
-            self._acc[:, ys, xs] = acc
-        self._touched |= touched
+            if y0 >= y1 or x0 >= x1:
+                continue
+            for cy in range(y0 // c, (y1 - 1) // c + 1):
+                for cx in range(x0 // c, (x1 - 1) // c + 1):
+                    _add_block(self._chunk((cy, cx)), cy * c, cx * c, block)
+
+    def _chunk(self, key: tuple[int, int]) -> np.ndarray:
+        """The cached accumulator chunk ``key``, loaded (or zero) on a miss."""
+        chunk = self._cache.get(key)
+        if chunk is not None:
+            self._cache.move_to_end(key)
+            return chunk
+        if len(self._cache) >= _CACHE_CHUNKS:
+            self._write_back(*self._cache.popitem(last=False))
+        ys, xs = self._chunk_slices(key)
+        if key in self._touched:
+            chunk = _read(self._acc, (slice(None), ys, xs))
+        else:
+            chunk = np.zeros((self.n_channels + 1, ys.stop - ys.start, xs.stop - xs.start),
+                             np.float32)  # fmt: skip
+            self._touched.add(key)
+        self._cache[key] = chunk
+        return chunk
+
+    def _chunk_slices(self, key: tuple[int, int]) -> tuple[slice, slice]:
+        c = self.chunk_px
+        return (
+            slice(key[0] * c, min((key[0] + 1) * c, self.shape_hw[0])),
+            slice(key[1] * c, min((key[1] + 1) * c, self.shape_hw[1])),
+        )
+
+    def _write_back(self, key: tuple[int, int], chunk: np.ndarray) -> None:
+        self._acc[(slice(None), *self._chunk_slices(key))] = chunk
 
     def finalize(self) -> Path:
         """Normalise, build the pyramid, mark complete and move to the final path."""
+        while self._cache:
+            self._write_back(*self._cache.popitem(last=False))
         level0 = self._create_level("0", self.shape_hw)
         for ys, xs in _runs(self._touched, self.chunk_px, self.shape_hw):
             acc = _read(self._acc, (slice(None), ys, xs))
