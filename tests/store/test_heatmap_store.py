@@ -59,6 +59,24 @@ def test_accumulation_matches_brute_force_across_chunks_and_batches(tmp_path, ch
     assert np.isnan(level0).any()  # some pixels no block covered
 
 
+def test_chunks_spilled_from_a_tiny_cache_come_back_exactly(tmp_path, monkeypatch):
+    """With room for 2 cached chunks, blocks in random order evict, spill and reload chunks."""
+    from wsi_pixelcam.store import heatmap_store
+
+    monkeypatch.setattr(heatmap_store, "_CACHE_CHUNKS", 2)
+    monkeypatch.setattr(heatmap_store, "_SPILLING", 1)
+    rng = np.random.default_rng(7)
+    shape = (70, 90)
+    store = _create(tmp_path / "h.zarr", shape, n_channels=2)
+    blocks = _random_blocks(rng, shape, 120, channels=2)
+    for start in range(0, len(blocks), 5):
+        store.add(blocks[start : start + 5])
+    level0 = open_heatmap(store.finalize()).levels[0][...]
+    expected = _dense(blocks, shape, channels=2)
+    assert np.array_equal(np.isnan(level0), np.isnan(expected))
+    assert np.nanmax(np.abs(level0 - expected)) < 1e-5
+
+
 def test_pyramid_is_a_nan_aware_2x_mean_down_to_a_small_level(tmp_path):
     rng = np.random.default_rng(0)
     shape = (301, 555)  # odd sizes exercise the padded edges

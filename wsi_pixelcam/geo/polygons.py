@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,6 +32,7 @@ _DY = np.array([0, 1, 0, -1])
 _PIX_DX = np.array([0, -1, -1, 0])
 _PIX_DY = np.array([0, 0, -1, -1])
 _PRECISION_PX = 0.01  # QuPath >= 0.6 snaps imported coordinates to this grid
+_TRACE_THREADS = 4
 
 
 class ArrayLike2D(Protocol):
@@ -103,18 +105,20 @@ def polygons_from_chunked_map(
     height, width = (int(n) for n in array.shape)
     final: list[Polygon] = []
     open_pieces: list[Polygon] = []
-    for y0 in range(0, height, chunk_px):
-        for x0 in range(0, width, chunk_px):
-            y1, x1 = min(y0 + chunk_px, height), min(x0 + chunk_px, width)
-            block = np.asarray(array[y0:y1, x0:x1], dtype=np.float64)
-            for piece in _trace_polygons(block >= threshold, (x0, y0)):
-                minx, miny, maxx, maxy = piece.bounds
-                at_seam = (
-                    (minx == x0 and x0 > 0)
-                    or (miny == y0 and y0 > 0)
-                    or (maxx == x1 and x1 < width)
-                    or (maxy == y1 and y1 < height)
-                )
+
+    def trace(y0: int, x0: int) -> list[tuple[Polygon, bool]]:
+        y1, x1 = min(y0 + chunk_px, height), min(x0 + chunk_px, width)
+        block = np.asarray(array[y0:y1, x0:x1], dtype=np.float64)
+        return [
+            (piece, _reaches_seam(piece.bounds, (x0, y0, x1, y1), (width, height)))
+            for piece in _trace_polygons(block >= threshold, (x0, y0))
+        ]
+
+    origins = [(y0, x0) for y0 in range(0, height, chunk_px) for x0 in range(0, width, chunk_px)]
+    # chunks are independent and numpy, scikit-image and zarr release the GIL while they work
+    with ThreadPoolExecutor(_TRACE_THREADS, thread_name_prefix="wsi-trace") as pool:
+        for traced in pool.map(lambda yx: trace(*yx), origins):
+            for piece, at_seam in traced:
                 (open_pieces if at_seam else final).append(piece)
     if open_pieces:
         final.extend(polygon_parts(shapely.unary_union(open_pieces)))
@@ -126,6 +130,22 @@ def polygons_from_chunked_map(
         min_area_um2=min_area_um2,
         min_hole_um2=min_hole_um2,
         simplify_um=simplify_um,
+    )
+
+
+def _reaches_seam(
+    bounds: tuple[float, float, float, float],
+    chunk: tuple[int, int, int, int],
+    size_wh: tuple[int, int],
+) -> bool:
+    """Whether a piece traced in ``chunk`` (x0, y0, x1, y1) touches an inner chunk seam."""
+    minx, miny, maxx, maxy = bounds
+    x0, y0, x1, y1 = chunk
+    return (
+        (minx == x0 and x0 > 0)
+        or (miny == y0 and y0 > 0)
+        or (maxx == x1 and x1 < size_wh[0])
+        or (maxy == y1 and y1 < size_wh[1])
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,8 @@ from shapely.geometry.base import BaseGeometry
 
 from wsi_pixelcam.geo.polygons import ArrayLike2D, polygon_parts, polygons_from_chunked_map
 from wsi_pixelcam.store.heatmap_store import Heatmap
+
+_STATS_THREADS = 4  # chunks measured at once: numpy, shapely and zarr release the GIL
 
 
 @dataclass(frozen=True)
@@ -85,19 +88,28 @@ def region_stats(
         return []
     height, width = (int(s) for s in plane.shape)
     tree = shapely.STRtree(regions_px)
-    for y0, x0 in _chunks_touched(regions_px, chunk_px, (height, width)):
+
+    def chunk_stats(y0: int, x0: int) -> list[tuple[int, float, int, float]]:
         y1, x1 = min(y0 + chunk_px, height), min(x0 + chunk_px, width)
         hits = tree.query(shapely.box(x0, y0, x1, y1), predicate="intersects")
         if len(hits) == 0:
-            continue
+            return []
         block = np.asarray(plane[y0:y1, x0:x1], dtype=np.float64)
+        found = []
         for i in hits:
             values = block[rasterise(regions_px[i], (x0, y0), block.shape)]
             values = values[np.isfinite(values)]
             if values.size:
-                sums[i] += values.sum()
-                counts[i] += values.size
-                peaks[i] = max(peaks[i], values.max())
+                found.append((int(i), float(values.sum()), int(values.size), float(values.max())))
+        return found
+
+    chunks = _chunks_touched(regions_px, chunk_px, (height, width))
+    with ThreadPoolExecutor(_STATS_THREADS, thread_name_prefix="wsi-roi-stats") as pool:
+        for found in pool.map(lambda yx: chunk_stats(*yx), chunks):
+            for i, total, count, peak in found:
+                sums[i] += total
+                counts[i] += count
+                peaks[i] = max(peaks[i], peak)
     out = []
     for i, region in enumerate(regions_px):
         if counts[i]:

@@ -79,14 +79,8 @@ class Stitcher:
         lx, wx, x0 = self._axis(xy[:, 0] / scale, w)
         weighted = ly[:, None] @ maps @ lx.transpose(0, 2, 1)[:, None]  # (B, C, R, Q)
         weight = wy[:, :, None] * wx[:, None, :]  # (B, R, Q)
-        blocks = [
-            Block(
-                int(y0[b]), int(x0[b]), weighted[b].astype(np.float32), weight[b].astype(np.float32)
-            )
-            for b in range(maps.shape[0])
-        ]
-        self.store.add(blocks)
-        self.n_added += len(blocks)
+        self.store.add(_merge_by_chunk(y0, x0, weighted, weight, self.store.chunk_px))
+        self.n_added += maps.shape[0]
 
     def finish(self) -> Path:
         """Normalise by summed weights (NaN where none), build the pyramid, finalise the store."""
@@ -98,19 +92,63 @@ class Stitcher:
 
         Returns ``L`` (B, R, n_map) mapping map samples to window-weighted integrals over
         heatmap pixels, the integrated window ``a`` (B, R) and the first heatmap pixel (B,).
+        Both depend only on where a patch starts within its first heatmap pixel, and patches
+        on a grid share a few such phases, so each distinct phase is computed once.
         """
+        first = np.floor(start_px).astype(np.int64)
+        phases, which = np.unique(np.round(start_px - first, 9), return_inverse=True)
         size = self.footprint_px
         n_fine = max(n_map, math.ceil(size - 1e-9))
         upsample = _linear_resize_matrix(n_fine, n_map)  # (n_fine, n_map)
         window = _window_1d(self.window, n_fine)
-        first = np.floor(start_px).astype(np.int64)
-        n_cells = math.ceil(size) + 1  # enough for any fractional start; extra cells get 0
-        cell_lo = first[:, None, None] + np.arange(n_cells)[None, :, None]  # (B, R, 1)
-        edges = start_px[:, None] + np.arange(n_fine + 1) * (size / n_fine)  # (B, n_fine + 1)
-        lo, hi = edges[:, None, :-1], edges[:, None, 1:]  # (B, 1, n_fine)
+        n_cells = math.ceil(size) + 1  # enough for any phase; extra cells get 0
+        cell_lo = np.arange(n_cells)[None, :, None]  # (1, R, 1)
+        edges = phases[:, None] + np.arange(n_fine + 1) * (size / n_fine)  # (P, n_fine + 1)
+        lo, hi = edges[:, None, :-1], edges[:, None, 1:]  # (P, 1, n_fine)
         overlap = np.clip(np.minimum(hi, cell_lo + 1) - np.maximum(lo, cell_lo), 0.0, None)
-        weighted_overlap = overlap * window  # (B, R, n_fine)
-        return weighted_overlap @ upsample, weighted_overlap.sum(axis=2), first
+        weighted_overlap = overlap * window  # (P, R, n_fine)
+        resample = weighted_overlap @ upsample
+        return resample[which], weighted_overlap.sum(axis=2)[which], first
+
+
+def _merge_by_chunk(
+    y0: np.ndarray, x0: np.ndarray, weighted: np.ndarray, weight: np.ndarray, chunk_px: int
+) -> list[Block]:
+    """Sum patch contributions that start in the same heatmap chunk into one block each.
+
+    The store then adds one block per chunk instead of one per patch: a few array additions
+    per batch rather than Python work per patch. ``weighted`` is (B, C, R, Q), ``weight``
+    (B, R, Q); patch ``b``'s contribution starts at heatmap pixel ``(y0[b], x0[b])``.
+    """
+    n_channels, rows, cols = weighted.shape[1:]
+    cell_y, cell_x = np.floor_divide(y0, chunk_px), np.floor_divide(x0, chunk_px)
+    cells, group = np.unique(np.column_stack([cell_y, cell_x]), axis=0, return_inverse=True)
+    order = np.argsort(group.ravel(), kind="stable")
+    splits = np.flatnonzero(np.diff(group.ravel()[order])) + 1
+    blocks = []
+    for (cy, cx), members in zip(cells, np.split(order, splits), strict=True):
+        oy, ox = y0[members] - cy * chunk_px, x0[members] - cx * chunk_px
+        top, left = int(oy.min()), int(ox.min())
+        height, width = int(oy.max()) - top + rows, int(ox.max()) - left + cols
+        # flat index of every (patch, r, q) sample in a (height, width) canvas
+        flat = ((oy - top)[:, None, None] + np.arange(rows)[None, :, None]) * width + (
+            (ox - left)[:, None, None] + np.arange(cols)[None, None, :]
+        )
+        flat = flat.ravel()
+        size = height * width
+        sums = np.stack(
+            [np.bincount(flat, weighted[members, c].ravel(), size) for c in range(n_channels)]
+        )
+        total = np.bincount(flat, weight[members].ravel(), size)
+        blocks.append(
+            Block(
+                int(cy * chunk_px + top),
+                int(cx * chunk_px + left),
+                sums.reshape(n_channels, height, width).astype(np.float32),
+                total.reshape(height, width).astype(np.float32),
+            )
+        )
+    return blocks
 
 
 def _window_1d(kind: Window, n: int) -> np.ndarray:

@@ -23,12 +23,14 @@ import shutil
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from wsi_pixelcam.errors import StoreError
 from wsi_pixelcam.store.patch_store import TMP_MARK, json_safe, replace_dir
@@ -38,9 +40,11 @@ logger = logging.getLogger(__name__)
 SCHEMA = "wsi-pixelcam.heatmap"
 SCHEMA_VERSION = 1
 _ACC = "accumulator"  # (C + 1, H, W): weighted sums of the C channels, then the weight sum
-_RUN_CHUNKS = 8  # chunks read or written per zarr call: fewer calls, memory still bounded
+_RUN_CHUNKS = 2  # chunks per downsampling task: several tasks run at once, memory stays small
 _MIN_LEVEL_PX = 256  # stop the pyramid once a level fits in this many pixels per side
 _CACHE_CHUNKS = 64  # accumulator chunks kept in memory (2 MiB each at 512 px, one channel)
+_FINALIZE_THREADS = 4
+_SPILLING = 8  # evicted chunks waiting to be written, beyond the cache
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,11 @@ class HeatmapStore:
         # recently used accumulator chunks, least recent first: patches arrive in slide order,
         # so most blocks land in cached chunks and each chunk is read and written about once
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        # evicted chunks are written back by one background thread while stitching goes on
+        self._spilling: OrderedDict[tuple[int, int], tuple[Future[None], np.ndarray]] = (
+            OrderedDict()
+        )
+        self._spill_pool = ThreadPoolExecutor(1, thread_name_prefix="wsi-heatmap-spill")
 
     @classmethod
     def create(
@@ -111,6 +120,8 @@ class HeatmapStore:
                 chunks=(n_channels + 1, chunk_px, chunk_px),
                 dtype="float32",
                 fill_value=0.0,
+                # scratch space, written once per spilled chunk and read once: fast over small
+                compressors=ZstdCodec(level=1),
             )
             group.attrs.update(
                 {
@@ -148,9 +159,12 @@ class HeatmapStore:
             self._cache.move_to_end(key)
             return chunk
         if len(self._cache) >= _CACHE_CHUNKS:
-            self._write_back(*self._cache.popitem(last=False))
+            self._spill(*self._cache.popitem(last=False))
         ys, xs = self._chunk_slices(key)
-        if key in self._touched:
+        if key in self._spilling:  # evicted moments ago: take it back once written
+            pending, chunk = self._spilling.pop(key)
+            pending.result()
+        elif key in self._touched:
             chunk = _read(self._acc, (slice(None), ys, xs))
         else:
             chunk = np.zeros((self.n_channels + 1, ys.stop - ys.start, xs.stop - xs.start),
@@ -158,6 +172,19 @@ class HeatmapStore:
             self._touched.add(key)
         self._cache[key] = chunk
         return chunk
+
+    def _spill(self, key: tuple[int, int], chunk: np.ndarray) -> None:
+        """Write an evicted chunk in the background; at most _SPILLING chunks wait at once."""
+        while self._spilling and (
+            len(self._spilling) >= _SPILLING or next(iter(self._spilling.values()))[0].done()
+        ):
+            self._spilling.popitem(last=False)[1][0].result()
+        self._spilling[key] = (self._spill_pool.submit(self._write_back, key, chunk), chunk)
+
+    def _wait_for_spills(self) -> None:
+        while self._spilling:
+            self._spilling.popitem(last=False)[1][0].result()
+        self._spill_pool.shutdown()
 
     def _chunk_slices(self, key: tuple[int, int]) -> tuple[slice, slice]:
         c = self.chunk_px
@@ -170,28 +197,26 @@ class HeatmapStore:
         self._acc[(slice(None), *self._chunk_slices(key))] = chunk
 
     def finalize(self) -> Path:
-        """Normalise, build the pyramid, mark complete and move to the final path."""
-        while self._cache:
-            self._write_back(*self._cache.popitem(last=False))
+        """Normalise, build the pyramid, mark complete and move to the final path.
+
+        Chunks still cached are normalised straight from memory; only spilled ones are read
+        back. Chunks (level 0) and chunk runs (coarser levels) are independent, so a few
+        threads share them: numpy and zarr's codecs release the GIL.
+        """
+        self._wait_for_spills()
         level0 = self._create_level("0", self.shape_hw)
-        for ys, xs in _runs(self._touched, self.chunk_px, self.shape_hw):
-            acc = _read(self._acc, (slice(None), ys, xs))
-            weight = acc[-1]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                value = acc[:-1] / weight
-            value[:, weight <= 0] = np.nan
-            level0[:, ys, xs] = value.astype(np.float32)
-        levels = [level0]
-        touched = set(self._touched)
-        while max(levels[-1].shape[1:]) > _MIN_LEVEL_PX:
-            prev = levels[-1]
-            shape = ((prev.shape[1] + 1) // 2, (prev.shape[2] + 1) // 2)
-            level = self._create_level(str(len(levels)), shape)
-            touched = {(cy // 2, cx // 2) for cy, cx in touched}
-            for ys, xs in _runs(touched, self.chunk_px, shape):
-                fine = (slice(2 * ys.start, 2 * ys.stop), slice(2 * xs.start, 2 * xs.stop))
-                level[:, ys, xs] = _nanmean_2x(_read(prev, (slice(None), *fine)))
-            levels.append(level)
+        with ThreadPoolExecutor(_FINALIZE_THREADS, thread_name_prefix="wsi-heatmap") as pool:
+            list(pool.map(lambda key: self._normalise_chunk(level0, key), sorted(self._touched)))
+            levels = [level0]
+            touched = set(self._touched)
+            while max(levels[-1].shape[1:]) > _MIN_LEVEL_PX:
+                prev = levels[-1]
+                shape = ((prev.shape[1] + 1) // 2, (prev.shape[2] + 1) // 2)
+                level = self._create_level(str(len(levels)), shape)
+                touched = {(cy // 2, cx // 2) for cy, cx in touched}
+                runs = list(_runs(touched, self.chunk_px, shape))
+                list(pool.map(lambda run, a=prev, b=level: _downsample_run(a, b, *run), runs))
+                levels.append(level)
         del self._group[_ACC]
         self._group.attrs.update({"ome": _ngff_attrs(len(levels), self.mpp, self.path.stem)})
         self._group.attrs["complete"] = True
@@ -204,8 +229,21 @@ class HeatmapStore:
         logger.info("%s: heatmap with %d levels written", self.path, len(levels))
         return self.path
 
+    def _normalise_chunk(self, level0: zarr.Array, key: tuple[int, int]) -> None:
+        """Weighted sums over summed weights for one chunk; NaN where nothing was added."""
+        ys, xs = self._chunk_slices(key)
+        acc = self._cache.pop(key, None)
+        if acc is None:
+            acc = _read(self._acc, (slice(None), ys, xs))
+        weight = acc[-1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = acc[:-1] / weight
+        value[:, weight <= 0] = np.nan
+        level0[:, ys, xs] = value
+
     def abort(self) -> None:
         """Delete the unfinished store (after an error; the final path is left alone)."""
+        self._spill_pool.shutdown(cancel_futures=True)
         shutil.rmtree(self.tmp_path, ignore_errors=True)
 
     def _create_level(self, name: str, shape_hw: tuple[int, int]) -> zarr.Array:
@@ -323,17 +361,26 @@ def _add_block(acc: np.ndarray, y0: int, x0: int, block: Block) -> None:
     acc[(-1, *dst)] += block.weight[src]
 
 
+def _downsample_run(src: zarr.Array, dst: zarr.Array, ys: slice, xs: slice) -> None:
+    """Write ``dst[:, ys, xs]`` as the 2x NaN-aware mean of the matching region of ``src``."""
+    fine = (slice(2 * ys.start, 2 * ys.stop), slice(2 * xs.start, 2 * xs.stop))
+    dst[:, ys, xs] = _nanmean_2x(_read(src, (slice(None), *fine)))
+
+
 def _nanmean_2x(src: np.ndarray) -> np.ndarray:
     """Mean of each 2x2 block ignoring NaN (NaN where all four are NaN); odd edges padded."""
-    n_channels, h, w = src.shape
-    padded = np.full((n_channels, h + h % 2, w + w % 2), np.nan, dtype=np.float32)
-    padded[:, :h, :w] = src
-    blocks = padded.reshape(n_channels, padded.shape[1] // 2, 2, padded.shape[2] // 2, 2)
-    valid = ~np.isnan(blocks)
-    count = valid.sum(axis=(2, 4))
-    total = np.where(valid, blocks, 0).sum(axis=(2, 4))
+    valid = ~np.isnan(src)
+    filled = np.where(valid, src, np.float32(0)).astype(np.float32, copy=False)
+    pad = ((0, 0), (0, src.shape[1] % 2), (0, src.shape[2] % 2))
+    if any(p for _, p in pad):
+        filled, valid = np.pad(filled, pad), np.pad(valid, pad)
+    total = filled[:, 0::2, 0::2] + filled[:, 1::2, 0::2] + filled[:, 0::2, 1::2]
+    total += filled[:, 1::2, 1::2]
+    count = valid[:, 0::2, 0::2].astype(np.float32) + valid[:, 1::2, 0::2]
+    count += valid[:, 0::2, 1::2]
+    count += valid[:, 1::2, 1::2]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan).astype(np.float32)
+        return total / count  # 0 / 0 is NaN: no valid pixel in the block
 
 
 def _ngff_attrs(n_levels: int, mpp: float, name: str) -> dict[str, Any]:
