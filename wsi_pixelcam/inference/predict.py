@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from wsi_pixelcam.config import InferConfig
+from wsi_pixelcam.data.prefetch import prefetch
 from wsi_pixelcam.errors import CheckpointError, ModelError
 from wsi_pixelcam.model.cam import compute_cam
 from wsi_pixelcam.model.checkpoint import CheckpointMeta
@@ -124,7 +125,9 @@ class _StoreBatches(Dataset[tuple[int, torch.Tensor]]):
 def _loader_workers(requested: int) -> int:
     """Worker processes the loader may start: none inside a daemonic process (a dask worker)."""
     if requested > 0 and multiprocessing.current_process().daemon:
-        logger.info("running in a daemonic process (dask worker): decoding patches in-process")
+        logger.info(
+            "running in a daemonic process (dask worker): decoding patches in a reader thread"
+        )
         return 0
     return requested
 
@@ -157,7 +160,7 @@ def predict_store(
     yield from predict_batches(
         network,
         model.meta,
-        loader,
+        loader if workers else prefetch(loader, depth=2),
         device,
         amp=cfg.amp,
         cam_method=cfg.cam_method if cfg.teacher_cam else None,
