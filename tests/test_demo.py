@@ -4,7 +4,7 @@ import json
 
 from wsi_pixelcam.config import DemoConfig
 from wsi_pixelcam.demo import demo_config, run_demo
-from wsi_pixelcam.geo.geojson import validate_geojson_file
+from wsi_pixelcam.geo.qupath_rules import validate_geojson_file
 
 
 def test_demo_writes_valid_outputs(tmp_path):

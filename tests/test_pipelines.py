@@ -8,7 +8,7 @@ from pathlib import Path
 
 import slidegen
 
-from wsi_pixelcam.geo.geojson import validate_geojson_file
+from wsi_pixelcam.geo.qupath_rules import validate_geojson_file
 
 COHORT = Path(__file__).resolve().parents[1] / "pipelines" / "cohort.py"
 

@@ -15,16 +15,14 @@ from shapely.geometry import MultiPolygon, Polygon, box
 from wsi_pixelcam.errors import AnnotationError
 from wsi_pixelcam.geo.geojson import (
     Annotation,
-    GeoJsonError,
     annotation_feature,
     class_color,
     feature_collection,
     read_qupath_annotations,
     tile_feature,
-    validate_geojson,
-    validate_geojson_file,
     write_geojson,
 )
+from wsi_pixelcam.geo.qupath_rules import GeoJsonError, validate_geojson, validate_geojson_file
 
 SQUARE = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]
 HOLE = [[2, 2], [2, 4], [4, 4], [4, 2], [2, 2]]

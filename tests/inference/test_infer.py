@@ -34,7 +34,7 @@ from wsi_pixelcam.errors import (
     OutputError,
     StoreError,
 )
-from wsi_pixelcam.geo.geojson import validate_geojson_file
+from wsi_pixelcam.geo.qupath_rules import validate_geojson_file
 from wsi_pixelcam.inference import outputs
 from wsi_pixelcam.inference.infer import infer_slide
 from wsi_pixelcam.inference.predict import InferenceModel

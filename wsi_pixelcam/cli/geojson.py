@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from wsi_pixelcam.geo.geojson import validate_geojson_file
+    from wsi_pixelcam.geo.qupath_rules import validate_geojson_file
 
     for path in args.files:
         validate_geojson_file(path)

@@ -1,0 +1,188 @@
+"""QuPath's GeoJSON import rules: read a file, find the first feature that breaks one.
+
+The rules are those of ``QUPATH_GEOJSON.md``: what QuPath's Gson adapters accept, and where
+they fail silently or throw. ``validate-geojson`` and every writer of this package use them.
+"""
+
+from __future__ import annotations
+
+import gzip as gzip_module
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import shapely
+from shapely.geometry import shape
+
+from wsi_pixelcam.errors import AnnotationError
+
+OBJECT_TYPES = ("annotation", "detection", "tile")
+SPECIAL_MEASUREMENTS = ("NaN", "Inf", "-Inf")
+PRECISION_PX = 0.01  # QuPath >= 0.6 snaps coordinates to this grid on import
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+class GeoJsonError(AnnotationError):
+    """GeoJSON that QuPath would reject, misread or silently drop."""
+
+
+def validate_geojson(obj_or_path: Any) -> None:
+    """Raise GeoJsonError naming the first feature (index, id) that breaks a QuPath rule.
+
+    Accepts a parsed object or a path to a ``.geojson`` / ``.geojson.gz`` file.
+    """
+    if isinstance(obj_or_path, (str, Path)):
+        validate_geojson_file(obj_or_path)
+    else:
+        validate_features(obj_or_path, "GeoJSON")
+
+
+def validate_geojson_file(path: str | Path) -> None:
+    """Validate a ``.geojson`` or ``.geojson.gz`` file (see :func:`validate_geojson`)."""
+    validate_features(load_geojson(Path(path)), str(path))
+
+
+def load_geojson(path: Path) -> Any:
+    """Parse a ``.geojson`` or ``.geojson.gz`` file; GeoJsonError names it when unreadable."""
+    try:
+        with path.open("rb") as fh:
+            gzipped = fh.read(2) == b"\x1f\x8b"
+        opener = gzip_module.open if gzipped else open
+        with opener(path, "rt", encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, EOFError) as exc:
+        raise GeoJsonError(f"{path}: cannot read GeoJSON ({exc})") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GeoJsonError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def features_of(obj: Any, source: str) -> list[Any]:
+    """The features of a FeatureCollection, an array of features or one Feature."""
+    if isinstance(obj, list):
+        return obj
+    if isinstance(obj, Mapping):
+        if obj.get("type") == "FeatureCollection":
+            features = obj.get("features")
+            if isinstance(features, list):
+                return features
+            raise GeoJsonError(f"{source}: FeatureCollection without a 'features' array")
+        if obj.get("type") == "Feature":
+            return [obj]
+    raise GeoJsonError(
+        f"{source}: top level must be a FeatureCollection, an array of features or one Feature"
+    )
+
+
+def validate_features(obj: Any, source: str) -> None:
+    """Raise GeoJsonError naming ``source`` and the first feature that breaks a rule."""
+    for index, feature in enumerate(features_of(obj, source)):
+        problem = _feature_problem(feature)
+        if problem is not None:
+            fid = feature.get("id") if isinstance(feature, Mapping) else None
+            raise GeoJsonError(f"{source}: feature {index} (id {fid!r}): {problem}")
+
+
+def _feature_problem(feature: Any) -> str | None:
+    """The first QuPath rule ``feature`` breaks, or None."""
+    if not isinstance(feature, Mapping) or feature.get("type") != "Feature":
+        return "type must be 'Feature'"
+    fid = feature.get("id")
+    if not isinstance(fid, str) or not _UUID.match(fid):
+        return "id must be a UUID string (QuPath drops other ids)"
+    problem = _geometry_problem(feature.get("geometry"))
+    if problem is not None:
+        return problem
+    props = feature.get("properties")
+    if not isinstance(props, Mapping):
+        return "properties must be an object"
+    return _properties_problem(props)
+
+
+def _geometry_problem(geometry: Any) -> str | None:
+    if not isinstance(geometry, Mapping) or geometry.get("type") not in ("Polygon", "MultiPolygon"):
+        return "geometry type must be Polygon or MultiPolygon"
+    coords = geometry.get("coordinates")
+    polygons = [coords] if geometry["type"] == "Polygon" else coords
+    if not isinstance(polygons, (list, tuple)) or not polygons:
+        return "geometry coordinates must be a non-empty array"
+    if geometry["type"] == "MultiPolygon" and len(polygons) == 1:
+        return "MultiPolygon with a single part; write a Polygon"
+    for polygon in polygons:
+        if not isinstance(polygon, (list, tuple)) or not polygon:
+            return "each polygon must be a non-empty array of rings"
+        for ring in polygon:
+            problem = _ring_problem(ring)
+            if problem is not None:
+                return problem
+    geom = shape(geometry)
+    if not geom.is_valid:
+        return f"invalid polygon ({shapely.is_valid_reason(geom)})"
+    snapped = shapely.set_precision(geom, PRECISION_PX, mode="pointwise")
+    if not snapped.is_valid:
+        reason = shapely.is_valid_reason(snapped)
+        return f"invalid after QuPath's {PRECISION_PX} px snapping ({reason})"
+    if any(part.is_empty or part.area <= 0 for part in shapely.get_parts(snapped)):
+        return "empty or zero-area polygon"
+    return None
+
+
+def _ring_problem(ring: Any) -> str | None:
+    if not isinstance(ring, (list, tuple)) or len(ring) < 4:
+        return "each ring needs at least 4 positions"
+    for position in ring:
+        if (
+            not isinstance(position, (list, tuple))
+            or len(position) not in (2, 3)
+            or not all(_is_finite_number(v) for v in position)
+        ):
+            return f"position {position!r} must be [x, y] finite numbers"
+    if list(ring[0]) != list(ring[-1]):
+        return "ring not closed (first and last positions differ)"
+    return None
+
+
+def _properties_problem(props: Mapping[str, Any]) -> str | None:
+    if "type" in props:
+        return "properties must not contain 'type' (QuPath reads it as the object type)"
+    if props.get("objectType") not in OBJECT_TYPES:
+        return (
+            f"properties.objectType must be one of {OBJECT_TYPES}, got {props.get('objectType')!r}"
+        )
+    if "name" in props and not isinstance(props["name"], str):
+        return "properties.name must be a string"
+    if "isLocked" in props and not isinstance(props["isLocked"], bool):
+        return "properties.isLocked must be true or false"
+    if "classification" in props:
+        cls = props["classification"]
+        if not isinstance(cls, Mapping) or not isinstance(cls.get("name"), str) or not cls["name"]:
+            return "classification must be an object with a non-empty 'name'"
+        color = cls.get("color")
+        if (
+            not isinstance(color, (list, tuple))
+            or len(color) != 3
+            or not all(_is_byte(c) for c in color)
+        ):
+            return "classification.color must be [r, g, b] integers 0-255 (QuPath fails without it)"
+    measurements = props.get("measurements", {})
+    if not isinstance(measurements, Mapping):
+        return "measurements must be an object of name -> number"
+    for key, value in measurements.items():
+        if not (_is_finite_number(value) or value in SPECIAL_MEASUREMENTS):
+            return f"measurement {key!r} must be a finite number or one of {SPECIAL_MEASUREMENTS}"
+    metadata = props.get("metadata", {})
+    if not isinstance(metadata, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        return "metadata must be an object of string -> string"
+    return None
+
+
+def _is_byte(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
