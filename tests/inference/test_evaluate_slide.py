@@ -19,9 +19,9 @@ from wsi_pixelcam.geo.geojson import annotation_feature, write_geojson
 from wsi_pixelcam.inference.evaluate_slide import evaluate_slide
 from wsi_pixelcam.inference.infer import infer_slide
 from wsi_pixelcam.inference.predict import InferenceModel
+from wsi_pixelcam.metrics import LocalizationAccumulator
 from wsi_pixelcam.store.heatmap_store import Block, HeatmapStore
 from wsi_pixelcam.tiling import tile_slide
-from wsi_pixelcam.training.metrics import LocalizationAccumulator
 
 SCALE = 4.0  # level-0 px per heatmap px
 SIZE = 96  # heatmap side, px

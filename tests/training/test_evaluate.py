@@ -17,13 +17,13 @@ from storegen import make_store
 from wsi_pixelcam.config import EvalConfig
 from wsi_pixelcam.data.transforms import EvalTransform
 from wsi_pixelcam.errors import CheckpointError, DataError
+from wsi_pixelcam.metrics import LocalizationAccumulator
 from wsi_pixelcam.model.cam import compute_cam, upsample_map
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.model.encoders import build_encoder
 from wsi_pixelcam.model.pixelcam import PixelCAM
 from wsi_pixelcam.store import open_patch_store
 from wsi_pixelcam.training.evaluate import evaluate
-from wsi_pixelcam.training.metrics import LocalizationAccumulator
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EVAL = EvalConfig(eval_px=32)

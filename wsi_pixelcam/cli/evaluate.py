@@ -11,7 +11,7 @@ from wsi_pixelcam.cli.common import EXIT_OK, add_common
 from wsi_pixelcam.errors import ManifestError
 
 if TYPE_CHECKING:
-    from wsi_pixelcam.training.metrics import LocalizationScores
+    from wsi_pixelcam.metrics import LocalizationScores
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -25,12 +25,10 @@ from wsi_pixelcam.errors import AnnotationError, ConfigError, DataError
 from wsi_pixelcam.geo.geojson import read_qupath_annotations
 from wsi_pixelcam.geo.polygons import polygons_from_chunked_map
 from wsi_pixelcam.inference.rois import rasterise
+from wsi_pixelcam.metrics import LocalizationAccumulator
 from wsi_pixelcam.store.heatmap_store import Heatmap, open_heatmap
 
 logger = logging.getLogger(__name__)
-
-N_THRESHOLDS = 1000
-_EDGES = np.append(np.arange(N_THRESHOLDS) / N_THRESHOLDS, 1.0)  # last bin: values of exactly 1
 
 
 @dataclass(frozen=True)
@@ -79,8 +77,8 @@ def evaluate_slide(
     truth = _ground_truth(Path(annotations_path), classes, offset)
     to_px = 1.0 / heatmap.level0_per_px
     truth_px = shapely.transform(truth, lambda c: c * to_px)
-    fg_hist, bg_hist, tp, fp, fn = _pixel_counts(heatmap, truth_px, threshold)
-    n_fg, n_bg = int(fg_hist.sum()), int(bg_hist.sum())
+    histogram, tp, fp, fn = _pixel_counts(heatmap, truth_px, threshold)
+    n_fg, n_bg = histogram.pixel_totals()
     if n_fg == 0:
         raise DataError(
             f"{annotations_path}: no annotation covers a heatmap pixel centre at "
@@ -104,7 +102,7 @@ def evaluate_slide(
         heatmap=str(path),
         annotations=str(annotations_path),
         threshold=threshold,
-        pxap=_pxap(fg_hist, bg_hist),
+        pxap=histogram.pxap(),
         dice_fg=100.0 * _ratio(2 * tp, 2 * tp + fp + fn),
         iou_fg=100.0 * _ratio(tp, tp + fp + fn),
         polygon_iou=100.0 * _ratio(shapely.intersection(predicted, truth).area, union),
@@ -136,13 +134,15 @@ def _ground_truth(
 
 def _pixel_counts(
     heatmap: Heatmap, truth_px: shapely.Geometry, threshold: float
-) -> tuple[np.ndarray, np.ndarray, int, int, int]:
-    """Histograms of map values at truth fg / bg pixels, and TP, FP, FN at ``threshold``."""
+) -> tuple[LocalizationAccumulator, int, int, int]:
+    """Map values at truth fg / bg pixels, binned for PxAP, and TP, FP, FN at ``threshold``.
+
+    TP, FP and FN are counted at ``threshold`` itself, not at the nearest binned threshold.
+    """
     plane = heatmap.plane(0, 0)
     height, width = plane.shape
     chunk = int(heatmap.levels[0].chunks[1])
-    fg_hist = np.zeros(len(_EDGES), dtype=np.int64)
-    bg_hist = np.zeros(len(_EDGES), dtype=np.int64)
+    histogram = LocalizationAccumulator()
     tp = fp = fn = 0
     shapely.prepare(truth_px)
     for y0 in range(0, height, chunk):
@@ -154,25 +154,12 @@ def _pixel_counts(
                 fg = rasterise(truth_px, (x0, y0), values.shape)
             else:
                 fg = np.zeros(values.shape, dtype=bool)
-            bins = np.searchsorted(_EDGES, values.ravel(), side="right") - 1
-            fg_flat = fg.ravel()
-            fg_hist += np.bincount(bins[fg_flat], minlength=len(_EDGES))
-            bg_hist += np.bincount(bins[~fg_flat], minlength=len(_EDGES))
+            histogram.update_pixels(values, fg)
             positive = values >= threshold
             tp += int((positive & fg).sum())
             fp += int((positive & ~fg).sum())
             fn += int((~positive & fg).sum())
-    return fg_hist, bg_hist, tp, fp, fn
-
-
-def _pxap(fg_hist: np.ndarray, bg_hist: np.ndarray) -> float:
-    """Area under the pixel precision-recall curve, in percent (thresholds high to low)."""
-    tp = fg_hist[::-1].cumsum()
-    fp = bg_hist[::-1].cumsum()
-    recall = np.concatenate([[0.0], tp / fg_hist.sum()])
-    predicted = tp + fp
-    precision = np.divide(tp, predicted, out=np.zeros(len(tp)), where=predicted > 0)
-    return float(100.0 * np.sum(precision * np.diff(recall)))
+    return histogram, tp, fp, fn
 
 
 def _ratio(num: float, den: float) -> float:

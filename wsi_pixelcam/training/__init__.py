@@ -1,4 +1,5 @@
-"""Training: teacher -> CAM dump -> PixelCAM, with checkpoints and WSOL metrics.
+"""Training: teacher -> CAM dump -> PixelCAM, with checkpoints and evaluation.
 
-Import submodules directly (``wsi_pixelcam.training.metrics`` needs only numpy).
+Import submodules directly; the WSOL metrics live in :mod:`wsi_pixelcam.metrics` (numpy
+only) because slide-level evaluation in ``inference`` uses them too.
 """

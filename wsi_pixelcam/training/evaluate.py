@@ -27,6 +27,7 @@ from wsi_pixelcam.data.patch_dataset import (
 )
 from wsi_pixelcam.data.transforms import EvalTransform
 from wsi_pixelcam.errors import DataError, OutputError
+from wsi_pixelcam.metrics import LocalizationAccumulator, LocalizationScores
 from wsi_pixelcam.model.cam import CamMethod
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.model.pixelcam import PixelCAM
@@ -37,7 +38,6 @@ from wsi_pixelcam.training.loop import (
     make_loader,
     resolve_device,
 )
-from wsi_pixelcam.training.metrics import LocalizationAccumulator, LocalizationScores
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsi_pixelcam.config import OptimConfig, SeedsConfig
 from wsi_pixelcam.errors import ModelError
+from wsi_pixelcam.metrics import AccuracyAccumulator, LocalizationAccumulator
 from wsi_pixelcam.model.cam import CamMethod, compute_cam, upsample_map
 from wsi_pixelcam.model.losses import pixelcam_loss
 from wsi_pixelcam.model.pixelcam import PixelCAM
@@ -30,7 +31,6 @@ from wsi_pixelcam.model.seeds import (
     draw_seeds,
     random_geometric_aug,
 )
-from wsi_pixelcam.training.metrics import AccuracyAccumulator, LocalizationAccumulator
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from wsi_pixelcam.errors import DataError
-from wsi_pixelcam.training.metrics import (
+from wsi_pixelcam.metrics import (
     THRESHOLDS,
     AccuracyAccumulator,
     LocalizationAccumulator,
@@ -138,5 +138,18 @@ def test_top1_accuracy() -> None:
 
 
 def test_metrics_need_no_torch() -> None:
-    code = "import sys, wsi_pixelcam.training.metrics; sys.exit('torch' in sys.modules)"
+    code = "import sys, wsi_pixelcam.metrics; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_update_pixels_bins_as_update_does_at_the_eval_size() -> None:
+    rng = np.random.default_rng(3)
+    maps = rng.uniform(0, 1, (3, 16, 16))
+    masks = rng.uniform(0, 1, (3, 16, 16)) > 0.6
+    resized, raw = LocalizationAccumulator(eval_px=16), LocalizationAccumulator(eval_px=16)
+    resized.update(maps, masks)
+    for one_map, one_mask in zip(maps, masks, strict=True):
+        raw.update_pixels(one_map, one_mask)
+    assert raw.pixel_totals() == resized.pixel_totals() == (int(masks.sum()), int((~masks).sum()))
+    assert raw.pxap() == resized.pxap()
+    assert raw.scores_at(0.5) == resized.scores_at(0.5)

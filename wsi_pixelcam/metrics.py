@@ -65,12 +65,23 @@ class LocalizationAccumulator:
             raise DataError("localisation maps must be finite and in [0, 1]; normalise CAMs first")
         maps = np.clip(maps, 0.0, 1.0)  # float32 interpolation may overshoot by an ulp
         for one_map, one_mask in zip(maps, masks, strict=True):
-            values = self._at_eval_size(one_map, order=1)
-            fg = self._at_eval_size(one_mask > 0.5, order=0)
-            bins = np.searchsorted(_EDGES, values.ravel(), side="right") - 1
-            fg_flat = fg.ravel()
-            self._fg_hist += np.bincount(bins[fg_flat], minlength=len(_EDGES))
-            self._bg_hist += np.bincount(bins[~fg_flat], minlength=len(_EDGES))
+            self.update_pixels(
+                self._at_eval_size(one_map, order=1), self._at_eval_size(one_mask > 0.5, order=0)
+            )
+
+    def update_pixels(self, values: np.ndarray, fg: np.ndarray) -> None:
+        """Add pixels as they are, no resizing: ``values`` in [0, 1], ``fg`` boolean, same shape.
+
+        Slide-level evaluation feeds heatmap chunks through this.
+        """
+        bins = np.searchsorted(_EDGES, np.asarray(values).ravel(), side="right") - 1
+        fg_flat = np.asarray(fg, dtype=bool).ravel()
+        self._fg_hist += np.bincount(bins[fg_flat], minlength=len(_EDGES))
+        self._bg_hist += np.bincount(bins[~fg_flat], minlength=len(_EDGES))
+
+    def pixel_totals(self) -> tuple[int, int]:
+        """Ground-truth foreground and background pixels seen so far."""
+        return int(self._fg_hist.sum()), int(self._bg_hist.sum())
 
     def _at_eval_size(self, array: np.ndarray, order: int) -> np.ndarray:
         size = (self.eval_px, self.eval_px)
