@@ -167,6 +167,28 @@ def test_rerun_skips_refuses_changed_parameters_and_overwrites(inferred, slides)
     assert replaced.status == "ok" and replaced.n_rois == 0 and _leftovers(out) == []
 
 
+def test_a_run_that_gets_the_lock_after_another_finished_skips(store_path, tmp_path, monkeypatch):
+    """Both runs saw no outputs; the other one finished while this one waited for the lock."""
+    from wsi_pixelcam.inference import infer as infer_module
+    from wsi_pixelcam.store.lock import StoreLock
+
+    cfg = _cfg(threshold=0.5, write_tiles=False)
+    finished_first = []
+
+    class LockTakenAfterAnotherRun(StoreLock):
+        def __enter__(self):
+            if not finished_first:
+                monkeypatch.setattr(infer_module, "StoreLock", StoreLock)
+                finished_first.append(infer_slide(store_path, _model(), cfg, tmp_path))
+                monkeypatch.setattr(infer_module, "StoreLock", LockTakenAfterAnotherRun)
+            return super().__enter__()
+
+    monkeypatch.setattr(infer_module, "StoreLock", LockTakenAfterAnotherRun)
+    late = infer_slide(store_path, _model(), cfg, tmp_path)
+    assert finished_first[0].status == "ok"
+    assert late.status == "skipped" and late.n_rois == finished_first[0].n_rois == 1
+
+
 def test_no_foreground_writes_an_empty_valid_collection(store_path, tmp_path):
     cfg = _cfg(threshold=0.5, write_tiles=False)
     result = infer_slide(store_path, _model(fg=0.2), cfg, tmp_path)

@@ -98,6 +98,27 @@ def test_rerun_skips_and_changed_params_refuse_without_overwrite(tmp_path, slide
     assert tile_slide(slides["svs"], changed, tmp_path, overwrite=True).status == "ok"
 
 
+def test_a_run_that_gets_the_lock_after_another_finished_skips(tmp_path, slides, monkeypatch):
+    """Both runs saw no store; the other one finished while this one waited for the lock."""
+    from wsi_pixelcam.store.lock import StoreLock
+    from wsi_pixelcam.tiling import tiler
+
+    finished_first = []
+
+    class LockTakenAfterAnotherRun(StoreLock):
+        def __enter__(self):
+            if not finished_first:
+                monkeypatch.setattr(tiler, "StoreLock", StoreLock)
+                finished_first.append(tile_slide(slides["svs"], CFG, tmp_path))
+                monkeypatch.setattr(tiler, "StoreLock", LockTakenAfterAnotherRun)
+            return super().__enter__()
+
+    monkeypatch.setattr(tiler, "StoreLock", LockTakenAfterAnotherRun)
+    late = tile_slide(slides["svs"], CFG, tmp_path)
+    assert finished_first[0].status == "ok"
+    assert late.status == "skipped" and late.n_patches == finished_first[0].n_patches
+
+
 def test_interrupted_run_leaves_nothing_complete_and_rerun_finishes(tmp_path, slides):
     calls = []
 

@@ -115,17 +115,14 @@ def infer_slide(
         "store": _store_identity(store),
     }
     final = out_dir / slide_id
-    if final.exists():
-        done = outputs.read_complete_summary(final)
-        if done is not None and not outputs.changed_params(done["params"], params):
-            return _result_from_summary(done, str(final), time.perf_counter() - started)
-        if done is not None and not overwrite:
-            changed = ", ".join(outputs.changed_params(done["params"], params))
-            raise OutputError(
-                f"{final}: already inferred with other parameters ({changed} differ); "
-                "pass --overwrite to replace it"
-            )
+    finished = _finished_result(final, params, overwrite, started)
+    if finished is not None:
+        return finished
     with StoreLock(final):
+        # another run may have finished this slide between the check above and the lock
+        finished = _finished_result(final, params, overwrite, started)
+        if finished is not None:
+            return finished
         remove_stale_temporaries(final)
         tmp = final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
         try:
@@ -148,6 +145,27 @@ def infer_slide(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return _result_from_summary(summary, str(final), time.perf_counter() - started, "ok")
+
+
+def _finished_result(
+    final: Path, params: dict[str, Any], overwrite: bool, started: float
+) -> InferResult | None:
+    """A "skipped" result when ``final`` is complete with ``params``; None when work is due.
+
+    Raises OutputError for outputs made with other parameters, unless ``overwrite``.
+    """
+    done = outputs.read_complete_summary(final) if final.exists() else None
+    if done is None:
+        return None
+    changed = outputs.changed_params(done["params"], params)
+    if not changed:
+        return _result_from_summary(done, str(final), time.perf_counter() - started)
+    if not overwrite:
+        raise OutputError(
+            f"{final}: already inferred with other parameters ({', '.join(changed)} differ); "
+            "pass --overwrite to replace it"
+        )
+    return None
 
 
 def _open_or_tile(

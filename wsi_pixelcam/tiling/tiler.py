@@ -116,34 +116,52 @@ def tile_slide(
     slide_id = slide_id or slide_path.stem
     final = store_path_for(out_dir, slide_id)
     wanted = requested_params(cfg, mpp_override, labels)
-    existing = read_store_attrs(final) if final.exists() else None
-    if is_complete(existing):
-        assert existing is not None
-        if _serves(existing.get("requested", {}), wanted):
-            return TilingResult(
-                slide_id,
-                str(final),
-                "skipped",
-                int(existing.get("n_patches", 0)),
-                int(existing.get("tiling", {}).get("n_bad_patches", 0)),
-                float(existing.get("mpp", {}).get("value", 0.0)),
-                str(existing.get("mpp", {}).get("source", "")),
-                str(existing.get("slide", {}).get("backend", "")),
-                time.perf_counter() - started,
-                "complete store with the same parameters",
-            )
-        if not overwrite:
-            changed = sorted(k for k in wanted if existing.get("requested", {}).get(k) != wanted[k])
-            raise StoreError(
-                f"{final}: already tiled with other parameters ({', '.join(changed)} differ); "
-                "pass --overwrite to re-tile it"
-            )
+    done = _finished_result(final, slide_id, wanted, overwrite, started)
+    if done is not None:
+        return done
     ensure_writable_dir(out_dir)
     with StoreLock(final):
+        # another run may have finished this store between the check above and the lock
+        done = _finished_result(final, slide_id, wanted, overwrite, started)
+        if done is not None:
+            return done
         remove_stale_temporaries(final)
         return _tile_locked(
             slide_path, cfg, final, slide_id, mpp_override, labels, wanted, progress, started
         )
+
+
+def _finished_result(
+    final: Path, slide_id: str, wanted: dict[str, Any], overwrite: bool, started: float
+) -> TilingResult | None:
+    """A "skipped" result when a complete store serves ``wanted``; None when tiling is due.
+
+    Raises StoreError for a complete store made with other parameters, unless ``overwrite``.
+    """
+    existing = read_store_attrs(final) if final.exists() else None
+    if not is_complete(existing):
+        return None
+    assert existing is not None
+    if _serves(existing.get("requested", {}), wanted):
+        return TilingResult(
+            slide_id,
+            str(final),
+            "skipped",
+            int(existing.get("n_patches", 0)),
+            int(existing.get("tiling", {}).get("n_bad_patches", 0)),
+            float(existing.get("mpp", {}).get("value", 0.0)),
+            str(existing.get("mpp", {}).get("source", "")),
+            str(existing.get("slide", {}).get("backend", "")),
+            time.perf_counter() - started,
+            "complete store with the same parameters",
+        )
+    if not overwrite:
+        changed = sorted(k for k in wanted if existing.get("requested", {}).get(k) != wanted[k])
+        raise StoreError(
+            f"{final}: already tiled with other parameters ({', '.join(changed)} differ); "
+            "pass --overwrite to re-tile it"
+        )
+    return None
 
 
 def _tile_locked(
