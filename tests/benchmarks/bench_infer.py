@@ -307,16 +307,23 @@ def main() -> None:
     thr.add_argument("--work", help="folder for the store and outputs (default: a temp dir)")
     st = sub.add_parser("stitch")
     st.add_argument("--sides", type=int, nargs="+", default=[25_000, 50_000, 100_000])
+    for mode in (thr, st):
+        mode.add_argument("--json", type=Path, help="also write the results as JSON")
     one = sub.add_parser("_stitch-one")
     one.add_argument("side", type=int)
     one.add_argument("out", type=Path)
     args = parser.parse_args()
-    if args.mode == "throughput":
-        print(json.dumps(run_throughput(args), indent=1))
-    elif args.mode == "stitch":
-        run_stitch(args)
-    else:
+    if args.mode == "_stitch-one":
         print(json.dumps(stitch_once(args.side, args.out)))
+        return
+    report: dict | list[dict]
+    if args.mode == "throughput":
+        report = run_throughput(args)
+        print(json.dumps(report, indent=1))
+    else:
+        report = run_stitch(args)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":
