@@ -102,9 +102,9 @@ def run_throughput(args: argparse.Namespace) -> dict:
     from wsi_pixelcam.model.pixelcam import PixelCAM
     from wsi_pixelcam.store.patch_store import open_patch_store
 
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench-infer-"))
+    work = Path(args.work)
     t0 = time.perf_counter()
-    store_path = work / "bench.zarr"
+    store_path = work / f"bench-n{args.n}.zarr"  # a store of another size is never reused
     if not store_path.exists():
         write_store(store_path, args.n)
     write_s = time.perf_counter() - t0
@@ -286,7 +286,9 @@ def run_stitch(args: argparse.Namespace) -> list[dict]:
     for side in args.sides:
         with tempfile.TemporaryDirectory(prefix="bench-stitch-") as tmp:
             cmd = [sys.executable, __file__, "_stitch-one", str(side), tmp]
-            done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"stitching {side} px failed: {done.stderr.strip().splitlines()[-1:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -318,7 +320,12 @@ def main() -> None:
         return
     report: dict | list[dict]
     if args.mode == "throughput":
-        report = run_throughput(args)
+        if args.work:
+            report = run_throughput(args)
+        else:
+            with tempfile.TemporaryDirectory(prefix="bench-infer-") as tmp:
+                args.work = tmp
+                report = run_throughput(args)
         print(json.dumps(report, indent=1))
     else:
         report = run_stitch(args)

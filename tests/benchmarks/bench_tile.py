@@ -170,24 +170,11 @@ def main() -> None:
         return
     results = {}
     for name in STAGES:
-        out = (
-            subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    str(args.slide),
-                    "--patch-px",
-                    str(args.patch_px),
-                    "--stage",
-                    name,
-                ],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        cmd = [sys.executable, __file__, str(args.slide), "--patch-px", str(args.patch_px)]
+        done = subprocess.run([*cmd, "--stage", name], capture_output=True, text=True)
+        if done.returncode != 0:  # keep the stage's own error, not just its exit status
+            sys.exit(f"stage {name} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        out = done.stdout.strip().splitlines()[-1]
         results[name] = json.loads(out)
     mb_per_patch = args.patch_px**2 * 3 / 1e6
     print(
