@@ -5,7 +5,12 @@
 Tiles the bundled slide at 0.5 um/px into 224 px patches (stride 112) labelled by the demo's
 Epidermis annotation, trains teacher and PixelCAM (the paper's stride-8 ResNet-50, random init,
 AMP) for a few epochs, infers the slide, and prints patches/s of each training stage and of
-inference, and the peak GPU memory. Sized to finish in a few minutes on one modern GPU.
+inference, and the peak GPU memory; ``OUT/gpu_check.json`` keeps the same figures. Sized to
+finish in a few minutes on one modern GPU.
+
+``--device cpu`` with a tiny encoder and small patches runs the same path without a GPU (no
+AMP, no GPU memory figure): the test suite does that so that the script is known to work
+before GPU time is spent on it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -27,53 +33,93 @@ from wsi_pixelcam.tiling import tile_slide
 from wsi_pixelcam.training.fit import train
 
 
-def main() -> None:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--encoder", default="resnet50")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
+    parser.add_argument("--patch-px", type=int, default=224)
+    parser.add_argument("--mpp", type=float, default=0.5, help="patch resolution, um/px")
+    parser.add_argument("--workers", type=int, default=8, help="loader processes")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _parse_args()
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
         raise SystemExit("gpu_check: no CUDA device visible to torch")
-    print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    device_name = torch.cuda.get_device_name(0) if cuda else "cpu"
+    print(f"device: {device_name}, torch {torch.__version__}")
 
     tiling = tile_slide(
-        bundled_example(), TileConfig(patch_px=224, stride_px=112, min_tissue_frac=0.3),
+        bundled_example(),
+        TileConfig(
+            target_mpp=args.mpp, patch_px=args.patch_px, stride_px=args.patch_px // 2,
+            min_tissue_frac=0.3,
+        ),
         args.out / "stores", labels=LabelSource(annotations=bundled_annotation()),
     )  # fmt: skip
     cfg = TrainConfig.model_validate({
         "model": {"encoder": args.encoder, "stride8_no_dilation": True},
+        "input": {"input_px": args.patch_px, "resize_px": args.patch_px + args.patch_px // 8},
         "optim": {"batch_size": args.batch_size},
         "teacher": {"epochs": args.epochs, "cam_checkpoint": "best_cls"},
-        "pixelcam": {"epochs": args.epochs},
-        "data": {"val_fraction": 0.0, "num_workers": 8},
-        "device": "cuda", "amp": True,
+        "pixelcam": {"epochs": args.epochs, "seeds": {"erode_k": 1 if args.patch_px < 128 else 3}},
+        "data": {"val_fraction": 0.0, "num_workers": args.workers},
+        "eval": {"eval_px": args.patch_px},
+        "device": args.device, "amp": cuda,
     })  # fmt: skip
-    torch.cuda.reset_peak_memory_stats()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     result = train(cfg, [tiling.store_path], args.out / "model")
     train_s = time.perf_counter() - started
-    assert result.model_path is not None
+    if result.model_path is None:
+        raise SystemExit("gpu_check: training wrote no model")
     rows = [json.loads(line) for line in (args.out / "model" / "metrics.jsonl").open()]
-    network, meta = load_checkpoint(result.model_path, map_location="cuda")
+    network, meta = load_checkpoint(result.model_path, map_location=args.device)
     model = InferenceModel(network, meta, result.model_path.name)
-    infer_cfg = InferConfig(device="cuda", amp=True, batch_size=256, num_workers=8)
+    infer_cfg = InferConfig(
+        device=args.device, amp=cuda, batch_size=4 * args.batch_size, num_workers=args.workers
+    )
     started = time.perf_counter()
     inference = infer_slide(tiling.store_path, model, infer_cfg, args.out / "infer", overwrite=True)
     infer_s = time.perf_counter() - started
 
-    print(f"patches: {tiling.n_patches} ({cfg.model.encoder}, stride 8, AMP)")
-    for row in rows:
-        if "patches_per_s" in row:
-            print(f"  {row['stage']:<9} epoch {row['epoch']}: {row['patches_per_s']:.0f} patches/s")
+    report: dict[str, Any] = {
+        "device": device_name,
+        "torch": torch.__version__,
+        "encoder": cfg.model.encoder,
+        "amp": cuda,
+        "patches": tiling.n_patches,
+        "train_epochs": [
+            {k: row[k] for k in ("stage", "epoch", "patches_per_s")}
+            for row in rows
+            if "patches_per_s" in row
+        ],
+        "train_s": round(train_s, 1),
+        "infer_s": round(infer_s, 1),
+        "infer_patches_per_s": round(inference.n_patches / infer_s, 1),
+        "n_rois": inference.n_rois,
+        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if cuda
+        else None,
+    }
+    print(f"patches: {tiling.n_patches} ({cfg.model.encoder}, stride 8, AMP {cuda})")
+    for row in report["train_epochs"]:
+        print(f"  {row['stage']:<9} epoch {row['epoch']}: {row['patches_per_s']:.0f} patches/s")
     print(
         f"train total {train_s:.1f} s; infer {infer_s:.1f} s "
-        f"({inference.n_patches / infer_s:.0f} patches/s end to end, {inference.n_rois} ROIs)"
+        f"({report['infer_patches_per_s']:.0f} patches/s end to end, {inference.n_rois} ROIs)"
     )
-    print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+    if cuda:
+        print(f"peak GPU memory: {report['peak_gpu_memory_gib']:.2f} GiB")
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

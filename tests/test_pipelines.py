@@ -78,3 +78,24 @@ def test_cohort_recipes_on_a_local_cluster(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     steps = json.loads((run / "run_manifest.json").read_text())["steps"]
     assert steps[-2]["outcomes"] == {"skipped": 2} and steps[-1]["outcomes"] == {"skipped": 2}
+
+
+def test_gpu_check_runs_its_whole_path_on_the_cpu(tmp_path):
+    """The script a GPU session runs: known to work before device time is spent on it."""
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "gpu_check.py"
+    args = ["--out", str(tmp_path), "--device", "cpu", "--encoder", "test_resnet"]
+    args += ["--epochs", "1", "--batch-size", "32", "--patch-px", "64", "--mpp", "1.0"]
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["device"] == "cpu" and report["amp"] is False
+    assert report["patches"] > 100
+    assert [row["stage"] for row in report["train_epochs"]] == ["teacher", "pixelcam"]
+    assert all(row["patches_per_s"] > 0 for row in report["train_epochs"])
+    assert report["infer_patches_per_s"] > 0 and report["peak_gpu_memory_gib"] is None
+    assert "patches/s end to end" in done.stdout
