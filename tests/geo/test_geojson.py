@@ -154,6 +154,25 @@ def test_validator_rejects_each_rule_naming_the_feature(mutate, message):
         assert fid in str(info.value)
 
 
+BOWTIE = [[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]
+
+
+@pytest.mark.parametrize(
+    ("bad_geometry_at", "bad_props_at", "expected"),
+    [(1, 2, "feature 1 .*invalid polygon"), (2, 1, "feature 1 .*objectType"),
+     (1, 1, "feature 1 .*invalid polygon")],
+    ids=["geometry-first", "properties-first", "same-feature: geometry before properties"],
+)  # fmt: skip
+def test_validator_names_the_first_offending_feature_in_file_order(
+    bad_geometry_at, bad_props_at, expected
+):
+    collection = feature_collection([_feature() for _ in range(4)])
+    collection["features"][bad_geometry_at]["geometry"]["coordinates"] = [BOWTIE]
+    collection["features"][bad_props_at]["properties"]["objectType"] = "roi"
+    with pytest.raises(GeoJsonError, match=expected):
+        validate_geojson(collection)
+
+
 @pytest.mark.parametrize(
     "container",
     [
@@ -249,6 +268,20 @@ def test_tile_feature_subtracts_the_frame_offset():
         (1000, 2000), (512, 512), class_name="Tumor", frame_offset_level0=(100, 50)
     )
     assert shapely.geometry.shape(feature["geometry"]).bounds == (900, 1950, 1412, 2462)
+
+
+def test_tile_feature_writes_what_the_general_path_would():
+    """Tiles skip repair and snapping in shapely; the result must be the same feature."""
+    tile = tile_feature((10.004, 20.0), (64.5, 64.5), class_name="Tumor", measurements={"p": 0.5})
+    general = annotation_feature(
+        box(10.004, 20.0, 74.504, 84.5), class_name="Tumor", measurements={"p": 0.5},
+        object_type="tile",
+    )  # fmt: skip
+    assert json.loads(json.dumps(tile["geometry"])) == json.loads(json.dumps(general["geometry"]))
+    assert tile["properties"] == general["properties"]
+    validate_geojson(feature_collection([tile]))
+    with pytest.raises(GeoJsonError, match="no area"):
+        tile_feature((0, 0), (0.001, 5), class_name="Tumor")
 
 
 def test_class_colours_are_fixed_and_valid():

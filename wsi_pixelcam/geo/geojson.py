@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import shapely
 from shapely.errors import GEOSException
-from shapely.geometry import MultiPolygon, Polygon, box, mapping, shape
+from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from wsi_pixelcam.errors import AnnotationError, OutputError
@@ -89,6 +89,22 @@ def annotation_feature(
     to :func:`class_color`; measurements must be finite numbers; metadata values are
     stringified. Raises GeoJsonError for anything QuPath cannot import.
     """
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid4()),
+        "geometry": _qupath_geometry(geometry),
+        "properties": _properties(object_type, class_name, color, name, measurements, metadata),
+    }
+
+
+def _properties(
+    object_type: str,
+    class_name: str,
+    color: tuple[int, int, int] | None,
+    name: str | None,
+    measurements: Mapping[str, float] | None,
+    metadata: Mapping[str, object] | None,
+) -> dict[str, Any]:
     if object_type not in OBJECT_TYPES:
         raise GeoJsonError(f"objectType {object_type!r} is not one of {OBJECT_TYPES}")
     properties: dict[str, Any] = {"objectType": object_type}
@@ -106,12 +122,7 @@ def annotation_feature(
         properties["measurements"] = values
     if metadata:
         properties["metadata"] = {str(k): str(v) for k, v in metadata.items()}
-    return {
-        "type": "Feature",
-        "id": str(uuid.uuid4()),
-        "geometry": _qupath_geometry(geometry),
-        "properties": properties,
-    }
+    return properties
 
 
 def tile_feature(
@@ -130,16 +141,20 @@ def tile_feature(
     ``xy_level0`` is the patch's top-left in the full level-0 frame; ``frame_offset_level0``
     is subtracted, as for ROIs.
     """
-    x = xy_level0[0] - frame_offset_level0[0]
-    y = xy_level0[1] - frame_offset_level0[1]
-    return annotation_feature(
-        box(x, y, x + wh_level0[0], y + wh_level0[1]),
-        class_name=class_name,
-        color=color,
-        measurements=measurements,
-        metadata=metadata,
-        object_type=object_type,
-    )
+    # a rectangle needs no repair: snap its corners to QuPath's grid and write them directly
+    x0 = round(xy_level0[0] - frame_offset_level0[0], 2)
+    y0 = round(xy_level0[1] - frame_offset_level0[1], 2)
+    x1 = round(xy_level0[0] + wh_level0[0] - frame_offset_level0[0], 2)
+    y1 = round(xy_level0[1] + wh_level0[1] - frame_offset_level0[1], 2)
+    if not (x1 > x0 and y1 > y0):
+        raise GeoJsonError(f"tile at {xy_level0} of size {wh_level0} has no area on the 0.01 grid")
+    ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]  # the order orient_polygons gives
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid4()),
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": _properties(object_type, class_name, color, None, measurements, metadata),
+    }
 
 
 def feature_collection(features: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import shapely
 from shapely.geometry import shape
 
@@ -77,31 +78,51 @@ def features_of(obj: Any, source: str) -> list[Any]:
 
 
 def validate_features(obj: Any, source: str) -> None:
-    """Raise GeoJsonError naming ``source`` and the first feature that breaks a rule."""
-    for index, feature in enumerate(features_of(obj, source)):
-        problem = _feature_problem(feature)
+    """Raise GeoJsonError naming ``source`` and the first feature that breaks a rule.
+
+    Structure (types, ids, rings, properties) is checked feature by feature; the geometric
+    rules (valid, still valid after QuPath's snapping, no zero-area part) run vectorised in
+    GEOS over every feature up to the first structural problem, because a slide's
+    ``tiles.geojson`` holds one feature per patch.
+    """
+    features = features_of(obj, source)
+    first: tuple[int, str] | None = None
+    shaped: list[int] = []  # features whose geometry is well-formed, in order
+    for index, feature in enumerate(features):
+        problem, geometry_ok = _structure_problem(feature)
+        if geometry_ok:
+            shaped.append(index)
         if problem is not None:
-            fid = feature.get("id") if isinstance(feature, Mapping) else None
-            raise GeoJsonError(f"{source}: feature {index} (id {fid!r}): {problem}")
+            first = (index, problem)
+            break
+    invalid = _first_invalid_geometry([features[i]["geometry"] for i in shaped])
+    if invalid is not None and (first is None or shaped[invalid[0]] <= first[0]):
+        first = (shaped[invalid[0]], invalid[1])  # a feature's geometry comes before its props
+    if first is not None:
+        index, problem = first
+        feature = features[index]
+        fid = feature.get("id") if isinstance(feature, Mapping) else None
+        raise GeoJsonError(f"{source}: feature {index} (id {fid!r}): {problem}")
 
 
-def _feature_problem(feature: Any) -> str | None:
-    """The first QuPath rule ``feature`` breaks, or None."""
+def _structure_problem(feature: Any) -> tuple[str | None, bool]:
+    """The first structural rule ``feature`` breaks (or None), and whether its geometry is
+    well-formed enough for the geometric rules."""
     if not isinstance(feature, Mapping) or feature.get("type") != "Feature":
-        return "type must be 'Feature'"
+        return "type must be 'Feature'", False
     fid = feature.get("id")
     if not isinstance(fid, str) or not _UUID.match(fid):
-        return "id must be a UUID string (QuPath drops other ids)"
-    problem = _geometry_problem(feature.get("geometry"))
+        return "id must be a UUID string (QuPath drops other ids)", False
+    problem = _geometry_structure_problem(feature.get("geometry"))
     if problem is not None:
-        return problem
+        return problem, False
     props = feature.get("properties")
     if not isinstance(props, Mapping):
-        return "properties must be an object"
-    return _properties_problem(props)
+        return "properties must be an object", True
+    return _properties_problem(props), True
 
 
-def _geometry_problem(geometry: Any) -> str | None:
+def _geometry_structure_problem(geometry: Any) -> str | None:
     if not isinstance(geometry, Mapping) or geometry.get("type") not in ("Polygon", "MultiPolygon"):
         return "geometry type must be Polygon or MultiPolygon"
     coords = geometry.get("coordinates")
@@ -117,16 +138,28 @@ def _geometry_problem(geometry: Any) -> str | None:
             problem = _ring_problem(ring)
             if problem is not None:
                 return problem
-    geom = shape(geometry)
-    if not geom.is_valid:
-        return f"invalid polygon ({shapely.is_valid_reason(geom)})"
-    snapped = shapely.set_precision(geom, PRECISION_PX, mode="pointwise")
-    if not snapped.is_valid:
-        reason = shapely.is_valid_reason(snapped)
-        return f"invalid after QuPath's {PRECISION_PX} px snapping ({reason})"
-    if any(part.is_empty or part.area <= 0 for part in shapely.get_parts(snapped)):
-        return "empty or zero-area polygon"
     return None
+
+
+def _first_invalid_geometry(geometries: list[Mapping[str, Any]]) -> tuple[int, str] | None:
+    """Position and problem of the first geometry QuPath would reject or damage, or None."""
+    if not geometries:
+        return None
+    shapes = np.array([shape(g) for g in geometries], dtype=object)
+    snapped = shapely.set_precision(shapes, PRECISION_PX, mode="pointwise")
+    parts, owner = shapely.get_parts(snapped, return_index=True)
+    degenerate = np.bincount(owner, minlength=len(shapes))[: len(shapes)] == 0
+    degenerate[owner[shapely.is_empty(parts) | (shapely.area(parts) <= 0)]] = True
+    bad = ~shapely.is_valid(shapes) | ~shapely.is_valid(snapped) | degenerate
+    if not bad.any():
+        return None
+    index = int(np.argmax(bad))
+    if not shapely.is_valid(shapes[index]):
+        return index, f"invalid polygon ({shapely.is_valid_reason(shapes[index])})"
+    if not shapely.is_valid(snapped[index]):
+        reason = shapely.is_valid_reason(snapped[index])
+        return index, f"invalid after QuPath's {PRECISION_PX} px snapping ({reason})"
+    return index, "empty or zero-area polygon"
 
 
 def _ring_problem(ring: Any) -> str | None:
