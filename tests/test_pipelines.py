@@ -84,7 +84,7 @@ def test_gpu_check_runs_its_whole_path_on_the_cpu(tmp_path):
     """The script a GPU session runs: known to work before device time is spent on it."""
     script = Path(__file__).resolve().parents[1] / "pipelines" / "gpu_check.py"
     args = ["--out", str(tmp_path), "--device", "cpu", "--encoder", "test_resnet"]
-    args += ["--epochs", "1", "--batch-size", "32", "--patch-px", "64", "--mpp", "1.0"]
+    args += ["--epochs", "1", "--batch-size", "32", "--patch-px", "64", "--mpp", "2.0"]
     done = subprocess.run(
         [sys.executable, str(script), *args, "--workers", "0"],
         capture_output=True,
@@ -94,7 +94,7 @@ def test_gpu_check_runs_its_whole_path_on_the_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["device"] == "cpu" and report["amp"] is False
-    assert report["patches"] > 100
+    assert report["patches"] > 50
     assert [row["stage"] for row in report["train_epochs"]] == ["teacher", "pixelcam"]
     assert all(row["patches_per_s"] > 0 for row in report["train_epochs"])
     assert report["infer_patches_per_s"] > 0 and report["peak_gpu_memory_gib"] is None
