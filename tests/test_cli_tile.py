@@ -40,6 +40,9 @@ def test_bad_slides_do_not_kill_the_batch_and_rerun_skips(tmp_path, mixed_dir, c
     assert status["notes"]["error_class"] == "UnsupportedSlideError"
     assert status["nompp"]["error_class"] == "MppError" and "--mpp" in status["nompp"]["message"]
     assert "notes.svs: not a slide" in err and "Traceback" not in err
+    # not a terminal: progress comes as plain log lines, never carriage-return redraws
+    assert "\r" not in err and "\x1b[" not in err
+    assert any(line.startswith("slides: 100%") for line in err.splitlines())
     assert len(open_patch_store(out / "good.zarr")) == 64
     assert not (out / "notes.zarr").exists() and not (out / "nompp.zarr").exists()
 

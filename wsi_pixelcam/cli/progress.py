@@ -1,22 +1,56 @@
-"""tqdm progress bars: slides and patches for batch runs, batches per epoch for training."""
+"""tqdm progress bars: slides and patches for batch runs, batches per epoch for training.
+
+On a terminal the bars redraw in place. Anywhere else (a SLURM log, ``nohup``, a pipe) a
+redraw would pile up carriage returns on one endless line, so there each bar writes a plain
+line at most every :data:`LOG_INTERVAL_S` seconds, and once more when it finishes.
+"""
 
 from __future__ import annotations
 
+import re
+import sys
 from types import TracebackType
+from typing import Any, TextIO
 
 from tqdm import tqdm
 
 from wsi_pixelcam.batch import BatchProgress, SlideOutcome
+
+LOG_INTERVAL_S = 30.0
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class _LogLines:
+    """A file for tqdm that turns each redraw into one plain line."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> None:
+        line = _ANSI.sub("", text).replace("\r", "").strip()
+        if line:
+            self._stream.write(line + "\n")
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+def _bar(**kwargs: Any) -> tqdm:
+    """A tqdm bar that redraws on a terminal and logs plain lines elsewhere."""
+    if sys.stderr.isatty():
+        return tqdm(**kwargs)
+    kwargs.pop("position", None)
+    return tqdm(**kwargs, file=_LogLines(sys.stderr), mininterval=LOG_INTERVAL_S, ascii=True)
 
 
 class SlideBars:
     """Draws slide and patch progress from the callbacks :func:`run_batch` makes."""
 
     def __init__(self, n_slides: int, disable: bool = False) -> None:
-        self._slides = tqdm(
+        self._slides = _bar(
             total=n_slides, desc="slides", unit="slide", disable=disable, position=0
         )
-        self._patches = tqdm(total=0, desc="patches", unit="patch", disable=disable, position=1)
+        self._patches = _bar(total=0, desc="patches", unit="patch", disable=disable, position=1)
         self._per_slide: dict[str, tuple[int, int]] = {}
 
     def _on_outcome(self, outcome: SlideOutcome) -> None:
@@ -62,7 +96,7 @@ class EpochBars:
             self.close()
             self._key = (stage, epoch)
             desc = stage if stage in ("cams", "eval") else f"{stage} epoch {epoch}"
-            self._bar = tqdm(total=total, desc=desc, unit="batch", disable=self._disable)
+            self._bar = _bar(total=total, desc=desc, unit="batch", disable=self._disable)
         assert self._bar is not None
         self._bar.update(step - self._bar.n)
 
