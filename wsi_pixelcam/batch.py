@@ -23,6 +23,7 @@ from typing import Any
 
 from wsi_pixelcam.errors import OutputError, WsiPixelcamError
 from wsi_pixelcam.jobs import PROGRESS_TOPIC, SlideJob
+from wsi_pixelcam.store.outdir import replaced_when_done
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,7 @@ def write_status_table(out_dir: Path, name: str, outcomes: Sequence[SlideOutcome
     csv_path = out_dir / f"{name}_status.csv"
     json_path = out_dir / f"{name}_status.json"
     try:
-        tmp = csv_path.with_name(csv_path.name + ".tmp")
-        with open(tmp, "w", newline="") as handle:
+        with replaced_when_done(csv_path) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow([*STATUS_COLUMNS, "details"])
             for o in outcomes:
@@ -194,10 +194,8 @@ def write_status_table(out_dir: Path, name: str, outcomes: Sequence[SlideOutcome
                         json.dumps(o.details, sort_keys=True),
                     ]
                 )
-        os.replace(tmp, csv_path)
-        tmp = json_path.with_name(json_path.name + ".tmp")
-        tmp.write_text(json.dumps([asdict(o) for o in outcomes], indent=1))
-        os.replace(tmp, json_path)
+        with replaced_when_done(json_path) as tmp:
+            tmp.write_text(json.dumps([asdict(o) for o in outcomes], indent=1))
     except OSError as exc:
         raise OutputError(
             f"{out_dir}: cannot write the status table ({exc.strerror or exc})"

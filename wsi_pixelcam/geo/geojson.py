@@ -10,7 +10,6 @@ import gzip as gzip_module
 import json
 import logging
 import math
-import os
 import uuid
 import zlib
 from collections.abc import Iterable, Mapping
@@ -34,6 +33,7 @@ from wsi_pixelcam.geo.qupath_rules import (
     load_geojson,
     validate_features,
 )
+from wsi_pixelcam.store.outdir import replaced_when_done
 
 logger = logging.getLogger(__name__)
 
@@ -188,16 +188,14 @@ def write_geojson(
         )
     validate_features(collection, str(path))
     text = json.dumps(collection, allow_nan=False, separators=(",", ":"))
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        if compress:
-            with gzip_module.open(tmp, "wt", encoding="utf-8") as fh:
-                fh.write(text)
-        else:
-            tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        with replaced_when_done(path) as tmp:
+            if compress:
+                with gzip_module.open(tmp, "wt", encoding="utf-8") as fh:
+                    fh.write(text)
+            else:
+                tmp.write_text(text, encoding="utf-8")
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write GeoJSON ({exc.strerror or exc})") from exc
     return path
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from wsi_pixelcam.geo.geojson import annotation_feature, class_color, tile_featu
 from wsi_pixelcam.inference.rois import Roi
 from wsi_pixelcam.inference.stitch import overlay_png
 from wsi_pixelcam.store.heatmap_store import Heatmap
+from wsi_pixelcam.store.outdir import replaced_when_done
 from wsi_pixelcam.store.patch_store import PatchStore, json_safe
 
 logger = logging.getLogger(__name__)
@@ -63,12 +62,10 @@ def changed_params(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 
 def write_json(path: Path, value: Mapping[str, Any]) -> Path:
     """Write JSON atomically (temp file beside it, then rename)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        tmp.write_text(json.dumps(json_safe(dict(value)), indent=1, allow_nan=False))
-        os.replace(tmp, path)
+        with replaced_when_done(path) as tmp:
+            tmp.write_text(json.dumps(json_safe(dict(value)), indent=1, allow_nan=False))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     return path
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sized
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +25,7 @@ from wsi_pixelcam.errors import ConfigError, OutputError
 from wsi_pixelcam.model.cam import CamMethod
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.model.pixelcam import PixelCAM
+from wsi_pixelcam.store.outdir import replaced_when_done
 from wsi_pixelcam.training.loop import (
     EvalAccumulators,
     ProgressFn,
@@ -250,14 +249,8 @@ def _save_state(
         },
     }
     path = plan.stage_dir / "state.pt"
-    handle, tmp = tempfile.mkstemp(dir=plan.stage_dir, prefix=".state.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with replaced_when_done(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def _resume(
