@@ -147,7 +147,9 @@ def tile_feature(
     x1 = round(xy_level0[0] + wh_level0[0] - frame_offset_level0[0], 2)
     y1 = round(xy_level0[1] + wh_level0[1] - frame_offset_level0[1], 2)
     if not (x1 > x0 and y1 > y0):
-        raise GeoJsonError(f"tile at {xy_level0} of size {wh_level0} has no area on the 0.01 grid")
+        raise GeoJsonError(
+            f"tile at {xy_level0} of size {wh_level0} has no area on the {PRECISION_PX} px grid"
+        )
     ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]  # the order orient_polygons gives
     return {
         "type": "Feature",

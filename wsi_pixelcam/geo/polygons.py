@@ -23,6 +23,8 @@ import shapely
 from shapely.geometry import GeometryCollection, MultiPolygon, Polygon
 from skimage.measure import label
 
+from wsi_pixelcam.geo.qupath_rules import PRECISION_PX
+
 logger = logging.getLogger(__name__)
 
 # Edge directions in the y-down pixel frame: east, south, west, north.
@@ -31,7 +33,6 @@ _DY = np.array([0, 1, 0, -1])
 # Offset from an edge's start vertex to the foreground pixel on its right-hand side.
 _PIX_DX = np.array([0, -1, -1, 0])
 _PIX_DY = np.array([0, 0, -1, -1])
-_PRECISION_PX = 0.01  # QuPath >= 0.6 snaps imported coordinates to this grid
 _TRACE_THREADS = 4
 
 
@@ -268,7 +269,7 @@ def _to_level0(
         geom = shapely.transform(piece, lambda c: c * level0_per_px - offset)
         if simplify_um > 0:
             geom = shapely.simplify(geom, simplify_um / mpp_level0, preserve_topology=True)
-        geom = shapely.set_precision(shapely.make_valid(geom), _PRECISION_PX)
+        geom = shapely.set_precision(shapely.make_valid(geom), PRECISION_PX)
         out.extend(p for p in polygon_parts(geom) if p.area > 0)
     out.sort(key=lambda p: -p.area)
     logger.debug("%d polygons from %d traced pieces", len(out), len(pieces))
