@@ -95,9 +95,9 @@ def run_throughput(args: argparse.Namespace) -> dict:
         InferenceModel,
         predict_batches,
         predict_store,
-        resolve_device,
     )
     from wsi_pixelcam.model.checkpoint import CheckpointMeta
+    from wsi_pixelcam.model.device import resolve_device
     from wsi_pixelcam.model.encoders import build_encoder
     from wsi_pixelcam.model.pixelcam import PixelCAM
     from wsi_pixelcam.store.patch_store import open_patch_store

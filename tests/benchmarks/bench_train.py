@@ -36,6 +36,7 @@ from wsi_pixelcam.config import OptimConfig, SeedsConfig
 from wsi_pixelcam.data.patch_dataset import PatchDataset, read_store_info
 from wsi_pixelcam.data.store_arrays import add_array
 from wsi_pixelcam.data.transforms import TrainTransform
+from wsi_pixelcam.model.device import resolve_device
 from wsi_pixelcam.model.encoders import build_encoder
 from wsi_pixelcam.model.pixelcam import PixelCAM
 from wsi_pixelcam.training.datasets import write_image_store
@@ -44,7 +45,6 @@ from wsi_pixelcam.training.loop import (
     SharedGeometry,
     make_loader,
     make_optimizer,
-    resolve_device,
     train_epoch,
 )
 

@@ -18,8 +18,9 @@ from wsi_pixelcam.config import InferConfig, TileConfig
 from wsi_pixelcam.data.transforms import EvalTransform
 from wsi_pixelcam.errors import CheckpointError, ModelError
 from wsi_pixelcam.inference import predict
-from wsi_pixelcam.inference.predict import InferenceModel, predict_store, resolve_device
+from wsi_pixelcam.inference.predict import InferenceModel, predict_store
 from wsi_pixelcam.model.cam import compute_cam
+from wsi_pixelcam.model.device import resolve_device
 from wsi_pixelcam.store.patch_store import open_patch_store
 from wsi_pixelcam.tiling import tile_slide
 

@@ -29,9 +29,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from wsi_pixelcam.config import InferConfig
 from wsi_pixelcam.data.prefetch import prefetch
-from wsi_pixelcam.errors import CheckpointError, ModelError
+from wsi_pixelcam.errors import CheckpointError
 from wsi_pixelcam.model.cam import compute_cam
 from wsi_pixelcam.model.checkpoint import CheckpointMeta
+from wsi_pixelcam.model.device import resolve_device
 from wsi_pixelcam.model.pixelcam import PixelCAM
 from wsi_pixelcam.store.patch_store import PatchStore, open_patch_store
 
@@ -68,19 +69,6 @@ class PatchPredictions:
     class_probs: np.ndarray  # (B, K) float32
     fg_maps: np.ndarray  # (B, h, w) float32
     cams: np.ndarray  # (B, h, w) float32, or (B, 0, 0)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` is the first CUDA GPU when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ModelError(f"device {name!r} is not a torch device; use auto, cpu or cuda") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {name!r} requested but CUDA is not available; use cpu or auto")
-    return device
 
 
 def check_store_fits(store: PatchStore, meta: CheckpointMeta, mpp_tolerance: float) -> None:

@@ -30,13 +30,13 @@ from wsi_pixelcam.errors import DataError, OutputError
 from wsi_pixelcam.metrics import LocalizationAccumulator, LocalizationScores
 from wsi_pixelcam.model.cam import CamMethod
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, load_checkpoint
+from wsi_pixelcam.model.device import resolve_device
 from wsi_pixelcam.model.pixelcam import PixelCAM
 from wsi_pixelcam.training.loop import (
     EvalAccumulators,
     ProgressFn,
     evaluate_batches,
     make_loader,
-    resolve_device,
 )
 
 

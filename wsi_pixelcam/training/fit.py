@@ -36,6 +36,7 @@ from wsi_pixelcam.data.patch_dataset import (
 from wsi_pixelcam.data.transforms import EvalTransform, TrainTransform
 from wsi_pixelcam.errors import CheckpointError, ConfigError, DataError
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, load_checkpoint
+from wsi_pixelcam.model.device import resolve_device
 from wsi_pixelcam.model.encoders import EncoderSpec
 from wsi_pixelcam.model.pixelcam import PixelCAM, PixelCAMSpec, build_pixelcam
 from wsi_pixelcam.training.cam_dump import CamDumpResult, cams_up_to_date, dump_cams, file_sha256
@@ -44,7 +45,6 @@ from wsi_pixelcam.training.loop import (
     Seeder,
     SharedGeometry,
     epoch_seed,
-    resolve_device,
     seed_everything,
 )
 from wsi_pixelcam.training.stage import StagePlan, StageResult, run_stage

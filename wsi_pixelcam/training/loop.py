@@ -20,7 +20,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from wsi_pixelcam.config import OptimConfig, SeedsConfig
-from wsi_pixelcam.errors import ModelError
 from wsi_pixelcam.metrics import AccuracyAccumulator, LocalizationAccumulator
 from wsi_pixelcam.model.cam import CamMethod, compute_cam, upsample_map
 from wsi_pixelcam.model.losses import pixelcam_loss
@@ -42,30 +41,6 @@ ProgressFn = Callable[[str, int, int, int], None]
 """
 
 _STAGE_SALT = {"teacher": 1, "pixelcam": 2, "cams": 3, "eval": 4}
-
-
-def resolve_device(requested: str) -> torch.device:
-    """'auto' -> cuda, else mps, else cpu; a GPU asked for but absent is a ModelError."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(requested)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ModelError(
-                f"device={requested!r}: no CUDA GPU is visible to torch "
-                f"(torch {torch.__version__}); use device: auto or cpu"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ModelError(
-                f"device={requested!r}: only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError(f"device={requested!r}: MPS is not available; use device: auto or cpu")
-    return device
 
 
 def epoch_seed(seed: int, stage: str, epoch: int) -> int:
