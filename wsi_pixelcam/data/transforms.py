@@ -32,9 +32,27 @@ def to_float_image(patch: np.ndarray) -> torch.Tensor:
 
 
 def _normalise(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    mean_t = torch.as_tensor(mean, dtype=image.dtype)[:, None, None]
-    std_t = torch.as_tensor(std, dtype=image.dtype)[:, None, None]
+    """Per-channel normalisation of (..., 3, H, W) images, on whatever device they are."""
+    mean_t = torch.as_tensor(mean, dtype=image.dtype, device=image.device)[:, None, None]
+    std_t = torch.as_tensor(std, dtype=image.dtype, device=image.device)[:, None, None]
     return (image - mean_t) / std_t
+
+
+def eval_input(
+    images: torch.Tensor, input_px: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """(B, 3, H, W) floats in [0, 1] -> the model's normalised (B, 3, input_px, input_px) input.
+
+    The whole patch is resized (no crop), so a map covers the patch's full footprint. One
+    function for evaluation and inference, on the CPU or on the GPU, so both feed the model
+    exactly what validation measured.
+    """
+    if images.shape[-2:] != (input_px, input_px):
+        images = F.interpolate(
+            images, size=(input_px, input_px), mode="bilinear", align_corners=False,
+            antialias=True,
+        ).clamp_(0.0, 1.0)  # fmt: skip
+    return _normalise(images, mean, std)
 
 
 def _cam_tensor(cam: np.ndarray | None) -> torch.Tensor | None:
@@ -52,16 +70,8 @@ class EvalTransform:
     def __call__(
         self, patch: np.ndarray, cam: np.ndarray | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        image = to_float_image(patch)
-        if image.shape[-2:] != (self.input_px, self.input_px):
-            image = F.interpolate(
-                image[None],
-                size=(self.input_px, self.input_px),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )[0].clamp_(0.0, 1.0)
-        return _normalise(image, self.mean, self.std), _cam_tensor(cam)
+        image = eval_input(to_float_image(patch)[None], self.input_px, self.mean, self.std)[0]
+        return image, _cam_tensor(cam)
 
 
 # RGB <-> YIQ (NTSC): hue is the angle of (I, Q), luma Y is left alone by a rotation

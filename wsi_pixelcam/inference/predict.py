@@ -1,11 +1,10 @@
 """Patch store in, per-patch class probabilities and PixelCAM foreground maps out.
 
-The model arrives already loaded (``training.checkpoint.load_checkpoint`` builds it; the layer
-rules keep inference from importing training), wrapped with its metadata in an
-:class:`InferenceModel`. Patches are read in contiguous index ranges (one zarr call decodes a
+The model arrives already loaded (``model.checkpoint.load_checkpoint`` builds it), wrapped
+with its metadata in an :class:`InferenceModel`. Patches are read in contiguous index ranges (one zarr call decodes a
 whole batch, JPEG decoding in parallel threads) by DataLoader worker processes that open the
 store lazily; the uint8 batch travels to the device and is converted, resized and normalised
-there. Foreground maps stay at feature resolution: the stitcher upsamples them bilinearly
+there by the same ``eval_input`` that validation used. Foreground maps stay at feature resolution: the stitcher upsamples them bilinearly
 itself (exactly as ``PixelCAM.foreground_map`` would), so nothing larger crosses back to the
 host.
 """
@@ -24,11 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from wsi_pixelcam.config import InferConfig
 from wsi_pixelcam.data.prefetch import prefetch
+from wsi_pixelcam.data.transforms import eval_input
 from wsi_pixelcam.errors import CheckpointError
 from wsi_pixelcam.model.cam import compute_cam
 from wsi_pixelcam.model.checkpoint import CheckpointMeta
@@ -209,7 +208,8 @@ def _launch(
     cam_class: int,
 ) -> _InFlight:
     """Queue one batch's forward pass and the copies of its outputs back to the host."""
-    images = _normalise(patches.to(device, non_blocking=True), meta)
+    images = patches.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    images = eval_input(images, int(meta.input_px), meta.mean, meta.std)
     autocast = (
         torch.autocast("cuda", dtype=torch.float16)
         if amp and device.type == "cuda"
@@ -236,16 +236,3 @@ def _copy_back(tensor: torch.Tensor) -> torch.Tensor:
     """Queue an asynchronous copy of a CUDA tensor into new pinned host memory."""
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     return host.copy_(tensor, non_blocking=True)
-
-
-def _normalise(patches: torch.Tensor, meta: CheckpointMeta) -> torch.Tensor:
-    """uint8 (B, P, P, 3) -> normalised float (B, 3, input_px, input_px), as ``EvalTransform``."""
-    images = patches.permute(0, 3, 1, 2).float().div_(255.0)
-    size = int(meta.input_px)
-    if images.shape[-2:] != (size, size):
-        images = F.interpolate(
-            images, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        ).clamp_(0.0, 1.0)
-    mean = torch.tensor(meta.mean, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(meta.std, device=images.device).view(1, 3, 1, 1)
-    return (images - mean) / std
