@@ -1,12 +1,12 @@
 """Patch store in, per-patch class probabilities and PixelCAM foreground maps out.
 
 The model arrives already loaded (``model.checkpoint.load_checkpoint`` builds it), wrapped
-with its metadata in an :class:`InferenceModel`. Patches are read in contiguous index ranges (one zarr call decodes a
-whole batch, JPEG decoding in parallel threads) by DataLoader worker processes that open the
-store lazily; the uint8 batch travels to the device and is converted, resized and normalised
-there by the same ``eval_input`` that validation used. Foreground maps stay at feature resolution: the stitcher upsamples them bilinearly
-itself (exactly as ``PixelCAM.foreground_map`` would), so nothing larger crosses back to the
-host.
+with its metadata in an :class:`InferenceModel`. Patches are read in contiguous index ranges
+(one zarr call decodes a whole batch, JPEG decoding in parallel threads) by DataLoader worker
+processes that open the store lazily; the uint8 batch travels to the device and is converted,
+resized and normalised there by the same ``eval_input`` that validation used. Foreground maps
+stay at feature resolution: the stitcher upsamples them bilinearly itself (exactly as
+``PixelCAM.foreground_map`` would), so nothing larger crosses back to the host.
 """
 
 from __future__ import annotations
