@@ -56,7 +56,13 @@ def read_thumbnail(reader: SlideReader, mpp_level0: float, thumbnail_mpp: float)
         fy0, fy1 = row0 * sy / ds, row1 * sy / ds
         ly0, ly1 = math.floor(fy0), min(level_h, math.ceil(fy1))
         region = reader.read_region((0, round(ly0 * ds)), level, (level_w, max(1, ly1 - ly0)))
-        box = (0.0, fy0 - ly0, width0 / ds, min(fy1 - ly0, float(region.shape[0])))
+        # a level's size is rounded (e.g. 1898 px / 4 -> 475), so width0 / ds may overshoot it
+        box = (
+            0.0,
+            fy0 - ly0,
+            min(width0 / ds, float(region.shape[1])),
+            min(fy1 - ly0, float(region.shape[0])),
+        )
         strip = Image.fromarray(region).resize((out_w, row1 - row0), Image.Resampling.BOX, box=box)
         strips.append(np.asarray(strip))
     return Thumbnail(np.concatenate(strips, axis=0), (sx, sy))
