@@ -159,6 +159,9 @@ def test_annotation_labels_via_cli(tmp_path, slides, layout):
     assert store.classes == ["background", "Tumor"]
     tumor = store.coords[store.labels == 1]
     assert len(tumor) == 32 and (tumor[:, 0] < 2048).all()
+    masks = store.group["masks"][...]  # kept for evaluation: the Tumor patches are all ROI
+    assert masks.shape == (64, 128, 128) and masks.sum() == 32 * 128 * 128
+    assert masks[store.labels == 1].all()
 
 
 def test_help_and_tile_do_not_import_torch(tmp_path, slides):

@@ -2,9 +2,9 @@
 
 Annotation rule: a patch takes the class whose ROIs cover the largest fraction of it if that
 fraction is at least ``min_coverage``; otherwise ``background_class`` (class 0) when set, else
--1 (unlabelled). ``roi_coverage`` is the fraction of the patch covered by any annotated ROI,
-which later stages use to build pixel masks for evaluation. Annotations are in QuPath's frame
-(level 0 minus the bounds offset).
+-1 (unlabelled). ``roi_coverage`` is the fraction of the patch covered by any annotated ROI and
+``rois`` their union, from which tiling rasterises the patches' pixel masks for evaluation.
+Annotations are in QuPath's frame (level 0 minus the bounds offset).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import shapely
 
 from wsi_pixelcam.config import LabelConfig
 from wsi_pixelcam.errors import AnnotationError
-from wsi_pixelcam.geo.geojson import read_qupath_annotations
+from wsi_pixelcam.geo.geojson import Annotation, read_qupath_annotations
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class PatchLabels:
     roi_coverage: np.ndarray  # (N,) float32
     classes: list[str]
     source: dict[str, str] = field(default_factory=dict)
+    rois: shapely.Geometry | None = None  # union of the ROIs, QuPath frame; annotations only
 
 
 def unlabelled(n: int) -> PatchLabels:
@@ -53,6 +54,16 @@ def _class_list(found: Sequence[str], cfg: LabelConfig, origin: str) -> list[str
         return list(cfg.classes)
     names = sorted(set(found) - {cfg.background_class})
     return ([cfg.background_class] if cfg.background_class else []) + names
+
+
+def roi_union(annotations: Sequence[Annotation], background_class: str | None) -> shapely.Geometry:
+    """The area of every classified annotation but the background class: the masks' foreground.
+
+    Empty (all-zero masks) when every annotation is of the background class.
+    """
+    return shapely.union_all(
+        [a.geometry for a in annotations if a.class_name and a.class_name != background_class]
+    )
 
 
 def labels_from_annotations(
@@ -97,7 +108,7 @@ def labels_from_annotations(
             continue
         shapely.prepare(geom)
         coverage[classes.index(name)] = shapely.area(shapely.intersection(boxes, geom)) / area
-    all_rois = shapely.union_all([g for n, g in by_class.items() if n != cfg.background_class])
+    all_rois = roi_union(annotations, cfg.background_class)
     roi_coverage = (
         shapely.area(shapely.intersection(boxes, all_rois)) / area if len(boxes) else np.zeros(0)
     )
@@ -112,6 +123,7 @@ def labels_from_annotations(
         np.asarray(roi_coverage, np.float32),
         classes,
         {"kind": "annotations", "path": str(path), "min_coverage": str(cfg.min_coverage)},
+        all_rois,
     )
 
 

@@ -14,7 +14,7 @@ import pytest
 import shapely
 import torch
 
-from wsi_pixelcam.data.masks import add_masks_from_annotations, rasterise
+from wsi_pixelcam.data.masks import add_masks_from_annotations
 from wsi_pixelcam.errors import AnnotationError
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.model.encoders import build_encoder
@@ -26,16 +26,16 @@ OFFSET = (10, 20)  # the slide's bounds offset: QuPath's frame starts here
 CORNERS = [(100, 200), (164, 200), (100, 264)]  # level-0 top-left of three 64-px patches
 
 
-def _tiled_store(path: Path) -> Path:
-    """32 px patches read at downsample 2 (64 level-0 px each), as the tiler writes them."""
-    writer = PatchStoreWriter(path, patch_px=32, capacity=3)
+def _tiled_store(path: Path, patch_px: int = 32) -> Path:
+    """Patches of 64 level-0 px (32 px: read at downsample 2), as the tiler writes them."""
+    writer = PatchStoreWriter(path, patch_px=patch_px, capacity=3)
     rng = np.random.default_rng(0)
     for xy in CORNERS:
-        writer.append(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), xy, 1.0)
+        writer.append(rng.integers(0, 255, (patch_px, patch_px, 3), dtype=np.uint8), xy, 1.0)
     attrs = {
         "slide_id": path.stem,
         "slide": {"bounds_offset": list(OFFSET)},
-        "tiling": {"effective_mpp": 0.5, "patch_px": 32, "patch_level0": 64},
+        "tiling": {"effective_mpp": 0.5, "patch_px": patch_px, "patch_level0": 64},
         "labels": {"classes": ["background", "tumour"], "rule": {"background_class": "background"}},
     }
     return writer.finalize(attrs, labels=np.array([1, 1, 0], np.int16))
@@ -54,14 +54,6 @@ def _geojson(path: Path, boxes: dict[str, tuple[float, float, float, float]]) ->
     return path
 
 
-def test_rasterise_counts_pixel_centres_and_respects_holes() -> None:
-    ring = shapely.box(0, 0, 8, 8).difference(shapely.box(2, 2, 6, 6))
-    mask = rasterise(ring, (0.0, 0.0), 8.0, 8)
-    assert mask.sum() == 64 - 16 and not mask[2:6, 2:6].any()
-    half = rasterise(shapely.box(0, 0, 4, 8), (0.0, 0.0), 8.0, 16)  # 2 output px per unit
-    assert half[:, :8].all() and not half[:, 8:].any()
-
-
 def test_masks_land_where_the_annotation_is(tmp_path: Path) -> None:
     store = _tiled_store(tmp_path / "s.zarr")
     # in QuPath's frame: level-0 x 132..196, y 200..264 -> right half of patch 0, left of 1
@@ -75,14 +67,35 @@ def test_masks_land_where_the_annotation_is(tmp_path: Path) -> None:
     assert masks[0][:, 16:].all() and not masks[0][:, :16].any()
     assert masks[1][:, :16].all() and not masks[1][:, 16:].any()
     assert not masks[2].any()
+    assert open_patch_store(store).attrs["masks"]["mask_px"] == 32
     far = _geojson(tmp_path / "far.geojson", {"Tumour": (5000, 5000, 5100, 5100)})
     with pytest.raises(AnnotationError, match="no annotation overlaps the patches"):
         add_masks_from_annotations(store, far)
 
 
+def test_large_patches_get_masks_of_at_most_128_px(tmp_path: Path) -> None:
+    store = _tiled_store(tmp_path / "s.zarr", patch_px=256)
+    x0, y0 = 132 - OFFSET[0], 200 - OFFSET[1]  # the right half of patch 0
+    geojson = _geojson(tmp_path / "a.geojson", {"Tumour": (x0, y0, x0 + 32, y0 + 64)})
+    assert add_masks_from_annotations(store, geojson) == 1
+    masks = open_patch_store(store).group["masks"][...]
+    assert masks.shape == (3, 128, 128) and open_patch_store(store).attrs["masks"]["mask_px"] == 128
+    assert masks[0][:, 64:].all() and masks.sum() == 128 * 64
+
+
+def test_background_only_annotations_give_empty_masks(tmp_path: Path) -> None:
+    store = _tiled_store(tmp_path / "s.zarr")
+    geojson = _geojson(tmp_path / "a.geojson", {"background": (0, 0, 1000, 1000)})
+    assert add_masks_from_annotations(store, geojson) == 0
+    masks = open_patch_store(store).group["masks"][...]
+    assert masks.shape == (3, 32, 32) and not masks.any()
+
+
 def test_evaluate_rasterises_masks_from_annotations(tmp_path: Path) -> None:
     store = _tiled_store(tmp_path / "s.zarr")
     x0, y0 = 100 - OFFSET[0], 200 - OFFSET[1]
+    stored = _geojson(tmp_path / "stored.geojson", {"Tumour": (x0, y0, x0 + 8, y0 + 8)})
+    add_masks_from_annotations(store, stored)  # as tiling with annotations would have
     geojson = _geojson(tmp_path / "a.geojson", {"Tumour": (x0, y0, x0 + 128, y0 + 32)})
     torch.manual_seed(0)
     model = PixelCAM(build_encoder("test_resnet", stride8_no_dilation=True), num_classes=2)
@@ -92,4 +105,6 @@ def test_evaluate_rasterises_masks_from_annotations(tmp_path: Path) -> None:
     ckpt = save_checkpoint(tmp_path / "m.pt", model, meta)
     result = evaluate(ckpt, [store], annotations={store: geojson}, device="cpu")
     assert result.n_localised == 3 and result.pixelcam is not None
+    # the annotations given replace the stored masks
     assert open_patch_store(store).attrs["masks"]["path"] == str(geojson)
+    assert open_patch_store(store).group["masks"][...].sum() == 2 * 32 * 16

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from storegen import make_store, synthetic_patches
+import zarr
+from storegen import CLASSES, make_store, synthetic_patches
 from torch.utils.data import DataLoader
 
 from wsi_pixelcam.data.patch_dataset import (
@@ -133,3 +134,33 @@ def test_split_needs_two_slides_unless_validation_is_off() -> None:
     with pytest.raises(DataError, match=r"only one slide \(s\)"):
         split_by_slide(["s"], labels, 2, 0.2, seed=0)
     assert split_by_slide(["s"], labels, 2, 0.0, seed=0).val == ()
+
+
+def _replace_masks(path: Path, masks: np.ndarray) -> None:
+    group = zarr.open_group(path, mode="r+")
+    group.create_array("masks", shape=masks.shape, dtype="uint8", overwrite=True)[...] = masks
+
+
+def test_masks_of_other_sizes_are_served_at_the_largest(tmp_path: Path) -> None:
+    big = make_store(tmp_path / "big.zarr", n=4, seed=1)
+    small = make_store(tmp_path / "small.zarr", n=4, seed=2)
+    _, _, masks = synthetic_patches(4, 32, seed=2)
+    halved = np.stack(masks)[:, ::2, ::2]  # as a store tiled with 16 px masks
+    _replace_masks(small, halved)
+    infos = [read_store_info(p) for p in (big, small)]
+    assert [i.mask_px for i in infos] == [32, 16]
+    dataset = PatchDataset(infos, CLASSES, EvalTransform(32, MEAN, STD), with_mask=True)
+    batch = next(iter(DataLoader(dataset, batch_size=len(dataset))))  # one size: they stack
+    assert batch["mask"].shape == (8, 32, 32)
+    served = dataset[5]["mask"].numpy()  # small.zarr's second patch
+    index = int(dataset.items[5, 1])
+    assert int(dataset.items[5, 0]) == 1 and halved[index].any()
+    np.testing.assert_array_equal(served, halved[index].repeat(2, axis=0).repeat(2, axis=1))
+
+
+@pytest.mark.parametrize("shape", [(5, 32, 32), (4, 32, 16), (4, 32)])
+def test_masks_that_do_not_fit_the_patches_name_the_store(tmp_path: Path, shape) -> None:
+    path = make_store(tmp_path / "bad.zarr", n=4)
+    _replace_masks(path, np.zeros(shape, np.uint8))
+    with pytest.raises(DataError, match=r"bad.zarr: its masks array .* does not fit its 4 patches"):
+        read_store_info(path)

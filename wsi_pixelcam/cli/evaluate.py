@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--annotations",
         type=Path,
         help="ground truth: a QuPath GeoJSON (with --heatmap), or a directory of "
-        "<slide_id>.geojson used to rasterise masks for stores without one (with --stores)",
+        "<slide_id>.geojson to rasterise masks from, replacing those a store got at tile time "
+        "(with --stores; stores tiled with --annotations need none)",
     )
     ev.add_argument("--cam-method", default="cam", choices=("cam", "gradcampp", "layercam"))
     ev.add_argument(
@@ -80,7 +81,10 @@ def run(args: argparse.Namespace) -> int:
             line += f"  at val tau {ev.at_val_tau.tau:.3f}: {_scores(ev.at_val_tau)}"
         print(line)
     if result.stores_without_masks:
-        print(f"  {len(result.stores_without_masks)} store(s) without masks: accuracy only")
+        print(
+            f"  {len(result.stores_without_masks)} store(s) without masks: accuracy only "
+            "(tile with --annotations, or pass --annotations DIR)"
+        )
     if args.json:
         result.write_json(args.json)
     return EXIT_OK

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from wsi_pixelcam.data.transforms import Transform
 from wsi_pixelcam.errors import DataError
-from wsi_pixelcam.store import open_patch_store
+from wsi_pixelcam.store import PatchStore, open_patch_store
 
 UNLABELLED = -1
 
@@ -35,16 +35,21 @@ class StoreInfo:
     labels: np.ndarray  # (N,) int16 in the store's own class order, -1 unlabelled
     mpp: float | None
     patch_px: int
-    has_masks: bool
+    mask_px: int | None  # side of the stored ROI masks, None without masks
     cams: dict[str, Any] | None  # the store's "cams" attrs record, if a dump was started
 
     @property
     def n_patches(self) -> int:
         return len(self.labels)
 
+    @property
+    def has_masks(self) -> bool:
+        return self.mask_px is not None
+
 
 def read_store_info(path: str | Path) -> StoreInfo:
-    """Open ``path`` briefly and summarise it; StoreError if it is not a complete store."""
+    """Open ``path`` briefly and summarise it; StoreError if it is not a complete store,
+    DataError if its masks do not fit its patches."""
     store = open_patch_store(path)
     attrs = store.attrs
     tiling = attrs.get("tiling", {})
@@ -56,9 +61,24 @@ def read_store_info(path: str | Path) -> StoreInfo:
         labels=store.labels,
         mpp=None if mpp is None else float(mpp),
         patch_px=int(tiling.get("patch_px") or store.patches.shape[1]),
-        has_masks=store.has("masks"),
+        mask_px=_mask_px(store),
         cams=attrs.get("cams"),
     )
+
+
+def _mask_px(store: PatchStore) -> int | None:
+    """The side M of the store's (N, M, M) masks; any M fits, since masks are compared with
+    maps at the evaluation size."""
+    masks = store.group.get("masks")
+    if not isinstance(masks, zarr.Array):
+        return None
+    shape = tuple(masks.shape)
+    if len(shape) != 3 or shape[0] != len(store) or shape[1] != shape[2] or shape[1] < 1:
+        raise DataError(
+            f"{store.path}: its masks array {shape} does not fit its {len(store)} patches "
+            "(expected (N, M, M) masks); re-tile it or re-add masks with eval --annotations"
+        )
+    return int(shape[1])
 
 
 def check_tiling(
@@ -231,7 +251,8 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
     Each item: ``image`` (3, H, W) float, ``label`` (int64, -1 unlabelled), ``index`` (the
     item's position here; ``items[index]`` is (store, patch)), and with ``with_cam`` the
     stored teacher ``cam`` (after the transform), with ``with_mask`` the pixel ``mask``
-    (P, P) uint8 as stored. ``labelled_only`` drops unlabelled patches.
+    (M, M) uint8, M the largest mask side among the stores (smaller ones resized nearest, so
+    any batch stacks). ``labelled_only`` drops unlabelled patches.
     """
 
     def __init__(
@@ -249,6 +270,7 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
         self.transform = transform
         self.with_cam = with_cam
         self.with_mask = with_mask
+        self.mask_px = max((info.mask_px or 0 for info in stores), default=0)
         for info in stores:
             if with_mask and not info.has_masks:
                 raise DataError(f"{info.path}: no 'masks' array; pixel masks are needed here")
@@ -301,5 +323,15 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
         if out_cam is not None:
             sample["cam"] = out_cam
         if self.with_mask:
-            sample["mask"] = torch.from_numpy(np.asarray(arrays["masks"][patch_index]))
+            mask = np.asarray(arrays["masks"][patch_index])
+            sample["mask"] = torch.from_numpy(_nearest(mask, self.mask_px))
         return sample
+
+
+def _nearest(mask: np.ndarray, px: int) -> np.ndarray:
+    """``mask`` resized to (px, px) by nearest neighbour (pixel centres aligned)."""
+    if mask.shape == (px, px):
+        return mask
+    rows = ((np.arange(px) + 0.5) * mask.shape[0] / px).astype(np.int64)
+    cols = ((np.arange(px) + 0.5) * mask.shape[1] / px).astype(np.int64)
+    return np.ascontiguousarray(mask[rows[:, None], cols[None, :]])

@@ -1,6 +1,7 @@
 """Derived arrays (teacher ``cams``, pixel ``masks``) added to a complete patch store.
 
-The store contract lets later stages add arrays but never touch the ones tiling wrote. An
+The store contract lets later stages add arrays (or replace ``masks``, which are derived from
+annotations whoever writes them) but never touch the patches, coords and labels tiling wrote. An
 addition is built under a temporary array name, renamed into place, and only then recorded
 as complete in the store's attrs (``attrs[name]``), so an interrupted write is seen as
 unfinished and redone, never read. The store's lock keeps two writers apart.
@@ -13,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
-from zarr.codecs import ZstdCodec
 
 from wsi_pixelcam.store import open_patch_store
 from wsi_pixelcam.store.lock import StoreLock
-from wsi_pixelcam.store.patch_store import json_safe, replace_dir
+from wsi_pixelcam.store.patch_store import json_safe, replace_dir, write_rows
 
 
 def completed_record(store_path: str | Path, name: str) -> dict[str, Any] | None:
@@ -50,23 +49,6 @@ def add_array(
         group = open_patch_store(path, mode="r+").group
         group.attrs[name] = {**json_safe(dict(record)), "complete": False}
         partial = f"_{name}_partial"
-        array = group.create_array(
-            partial,
-            shape=shape,
-            chunks=(max(1, min(chunk_rows, shape[0])), *shape[1:]),
-            dtype=dtype,
-            compressors=ZstdCodec(level=3),
-            overwrite=True,
-        )
-        _fill(array, blocks)
+        write_rows(group, partial, shape=shape, dtype=dtype, chunk_rows=chunk_rows, blocks=blocks)
         replace_dir(path / partial, path / name)
         group.attrs[name] = {**json_safe(dict(record)), "complete": True}
-
-
-def _fill(array: zarr.Array, blocks: Iterable[tuple[int, np.ndarray]]) -> None:
-    written = 0
-    for start, rows in blocks:
-        array[start : start + len(rows)] = rows
-        written += len(rows)
-    if written != array.shape[0]:
-        raise RuntimeError(f"wrote {written} of {array.shape[0]} rows")

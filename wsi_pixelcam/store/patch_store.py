@@ -2,10 +2,11 @@
 
 Arrays: ``patches`` (N, P, P, 3) uint8, ``coords`` (N, 2) int64 level-0 (x, y) top-left,
 ``tissue_frac`` (N,) float32, ``labels`` (N,) int16 (-1 unlabelled), ``label_coverage`` (N,)
-float32, ``thumbnail`` (h, w, 3) and ``tissue_mask`` (h, w) for QC. Later stages may add
-``cams``. Attrs carry provenance and ``complete: true``, written last. The store is built
-under a temporary name beside its final path and renamed into place when complete, so a
-crash never leaves something that looks finished.
+float32, ``thumbnail`` (h, w, 3) and ``tissue_mask`` (h, w) for QC; ``masks`` (N, M, M) uint8
+ROI masks (M from :func:`mask_px_for`) when the slide was tiled from annotations. Later stages
+may add ``cams`` and ``masks``. Attrs carry provenance and ``complete: true``, written last. The
+store is built under a temporary name beside its final path and renamed into place when
+complete, so a crash never leaves something that looks finished.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,18 @@ from wsi_pixelcam.store.jpeg_codec import JpegCodec
 SCHEMA = "wsi-pixelcam.patch-store"
 SCHEMA_VERSION = 1
 TMP_MARK = ".tmp-"
+MASK_MAX_PX = 128
+MASK_CHUNK_ROWS = 64  # at most 1 MiB of raw masks per chunk
+
+
+def mask_px_for(patch_px: int) -> int:
+    """Side of a patch's stored ROI mask: the patch's, capped at MASK_MAX_PX.
+
+    Localisation is scored on maps resized to ``eval.eval_px`` (224 by default), so masks of
+    large patches gain nothing from full resolution; capped, a cohort of 512 px patches keeps
+    raw masks 48x smaller than its raw patches.
+    """
+    return min(patch_px, MASK_MAX_PX)
 
 
 def shard_patches(patch_px: int, shard_mib: float) -> int:
@@ -119,6 +132,25 @@ class PatchStoreWriter:
             pending, self._pending = self._pending, None
             pending.result()
 
+    def add_rows(
+        self,
+        name: str,
+        *,
+        shape: tuple[int, ...],
+        dtype: str,
+        chunk_rows: int,
+        blocks: Iterable[tuple[int, np.ndarray]],
+    ) -> None:
+        """Write a per-patch array beside the patches, before :meth:`finalize`.
+
+        ``shape[0]`` must be the number of patches appended: rows follow the patches' order.
+        """
+        if shape[0] != self.count:
+            raise ValueError(f"{name} has {shape[0]} rows for {self.count} patches")
+        write_rows(
+            self._group, name, shape=shape, dtype=dtype, chunk_rows=chunk_rows, blocks=blocks
+        )
+
     def finalize(
         self,
         attrs: Mapping[str, Any],
@@ -179,6 +211,33 @@ def _write_small(group: zarr.Group, name: str, values: np.ndarray) -> None:
     )
     if values.size:
         arr[...] = values
+
+
+def write_rows(
+    group: zarr.Group,
+    name: str,
+    *,
+    shape: tuple[int, ...],
+    dtype: str,
+    chunk_rows: int,
+    blocks: Iterable[tuple[int, np.ndarray]],
+) -> None:
+    """Create array ``name`` (N, ...), chunked by ``chunk_rows`` rows, from ``blocks`` of
+    (first row, rows); RuntimeError unless the blocks fill it, so no array is left short."""
+    array = group.create_array(
+        name,
+        shape=shape,
+        chunks=(max(1, min(chunk_rows, shape[0])), *shape[1:]),
+        dtype=dtype,
+        compressors=ZstdCodec(level=3),
+        overwrite=True,
+    )
+    written = 0
+    for start, rows in blocks:
+        array[start : start + len(rows)] = rows
+        written += len(rows)
+    if written != shape[0]:
+        raise RuntimeError(f"wrote {written} of {shape[0]} rows of {name}")
 
 
 def replace_dir(src: Path, dst: Path) -> None:

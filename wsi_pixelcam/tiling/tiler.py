@@ -17,14 +17,17 @@ import numpy as np
 
 from wsi_pixelcam.config import TileConfig
 from wsi_pixelcam.errors import NoTissueError, SlideReadError, StoreError
+from wsi_pixelcam.geo.raster import patch_masks
 from wsi_pixelcam.geometry import LevelChoice, choose_level
-from wsi_pixelcam.labels import LabelSource, compute_labels
+from wsi_pixelcam.labels import LabelSource, PatchLabels, compute_labels
 from wsi_pixelcam.slide import SlideReader, open_slide, resolve_mpp
 from wsi_pixelcam.store.lock import StoreLock
 from wsi_pixelcam.store.outdir import ensure_writable_dir
 from wsi_pixelcam.store.patch_store import (
+    MASK_CHUNK_ROWS,
     PatchStoreWriter,
     is_complete,
+    mask_px_for,
     read_store_attrs,
     remove_stale_temporaries,
 )
@@ -143,6 +146,9 @@ def _finished_result(
         return None
     assert existing is not None
     if _serves(existing.get("requested", {}), wanted):
+        message = "complete store with the same parameters"
+        if str(wanted["label_source"]).startswith("annotations") and "masks" not in existing:
+            message += " (tiled before stores kept ROI masks: eval --annotations adds them)"
         return TilingResult(
             slide_id,
             str(final),
@@ -153,7 +159,7 @@ def _finished_result(
             str(existing.get("mpp", {}).get("source", "")),
             str(existing.get("slide", {}).get("backend", "")),
             time.perf_counter() - started,
-            "complete store with the same parameters",
+            message,
         )
     if not overwrite:
         changed = sorted(k for k in wanted if existing.get("requested", {}).get(k) != wanted[k])
@@ -238,6 +244,9 @@ def _tile_locked(
                 )
             if bad:
                 log.warning("%s: skipped %d undecodable patches", slide_path, len(bad))
+            masks = _write_masks(
+                writer, labels, grid.xy_level0[kept] - reader.bounds_offset, patch_level0
+            )
             attrs = {
                 "slide_id": slide_id,
                 "slide": _slide_attrs(slide_path, reader),
@@ -266,6 +275,7 @@ def _tile_locked(
                     "rule": cfg.labels.model_dump(),
                 },
                 "qc": {"dir": f"{slide_id}.qc", **qc_files},
+                **masks,
                 "requested": wanted,
                 "versions": _versions(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -319,6 +329,25 @@ def _write_patches(
         if progress is not None and (done % 64 == 0 or done == total):
             progress(done, total)
     return np.asarray(kept, dtype=np.int64), bad
+
+
+def _write_masks(
+    writer: PatchStoreWriter, labels: PatchLabels, corners: np.ndarray, patch_level0: float
+) -> dict[str, Any]:
+    """Store the ROI masks of annotated slides (``corners`` in QuPath's frame); returns the
+    attrs record to store, none for other label sources."""
+    if labels.rois is None:
+        return {}
+    mask_px = mask_px_for(writer.patch_px)
+    writer.add_rows(
+        "masks",
+        shape=(len(corners), mask_px, mask_px),
+        dtype="uint8",
+        chunk_rows=MASK_CHUNK_ROWS,
+        blocks=patch_masks(labels.rois, corners, patch_level0, mask_px, MASK_CHUNK_ROWS),
+    )
+    record = {"source": "annotations", "path": labels.source["path"], "mask_px": mask_px}
+    return {"masks": {**record, "complete": True}}
 
 
 def _slide_attrs(path: Path, reader: SlideReader) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Evaluate a checkpoint on patch stores: accuracy, and PxAP/Dice/IoU where masks exist.
 
-Every store counts for top-1 accuracy. Stores with a ``masks`` array (or given QuPath
-annotations to rasterise one from) also count for localisation, reported for the PixelCAM
+Every store counts for top-1 accuracy. Stores with a ``masks`` array (stored at tile time
+from the slide's annotations, or rasterised here from given QuPath annotations, which replace
+any stored masks) also count for localisation, reported for the PixelCAM
 map and for the image head's CAM side by side, at the fixed tau (0.5) and at the tau chosen
 on validation: on ``val_store_paths`` when given, else the one the checkpoint recorded on its
 own validation split. Never chosen on the evaluated stores themselves.
@@ -101,8 +102,8 @@ def evaluate(
 ) -> EvaluationResult:
     """Evaluate ``checkpoint`` on ``store_paths`` (see the module docstring).
 
-    ``annotations`` maps a store path to its slide's QuPath GeoJSON; stores without a
-    ``masks`` array get one rasterised from it first. Raises DataError for stores that do
+    ``annotations`` maps a store path to its slide's QuPath GeoJSON; the store's ``masks``
+    are rasterised from it first (replacing stored ones). Raises DataError for stores that do
     not fit the checkpoint (tiling, classes) and CheckpointError for a bad checkpoint.
     """
     cfg = eval_cfg or EvalConfig()
@@ -111,8 +112,7 @@ def evaluate(
     torch_device = resolve_device(device)
     model, meta = load_checkpoint(checkpoint, map_location=torch_device)
     for store, geojson in (annotations or {}).items():
-        if not read_store_info(store).has_masks:
-            add_masks_from_annotations(store, geojson)
+        add_masks_from_annotations(store, geojson)
     infos = _checked(meta, store_paths)
     run = _Runner(model, meta, cfg, cam_method, batch_size, num_workers, torch_device, amp)
     with_masks = [i for i in infos if i.has_masks]
