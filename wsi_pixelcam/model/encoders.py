@@ -19,6 +19,16 @@ import torch
 from torch import nn
 
 from wsi_pixelcam.errors import ModelError
+from wsi_pixelcam.model.foundation import (
+    FOUNDATION_ENCODERS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RGB,
+    FoundationEncoder,
+    create_body,
+    find_weights,
+    foundation_encoder,
+)
 from wsi_pixelcam.model.weights import WEIGHT_SOURCES, remap_to_timm, source_file
 
 logger = logging.getLogger(__name__)
@@ -114,7 +124,7 @@ class TokenEncoder(Encoder):
 def build_encoder(
     name: str,
     *,
-    pretrained: bool | str | Path = False,
+    pretrained: bool | str | Path | None = False,
     output_stride: int | None = None,
     stride8_no_dilation: bool = False,
 ) -> Encoder:
@@ -126,8 +136,19 @@ def build_encoder(
     format (.pth/.pt/.bin/.safetensors). ``output_stride`` is timm's (dilated) setting for
     CNNs; ``stride8_no_dilation`` is the paper's ResNet variant (layer3/layer4 at stride 1, no
     dilation). Raises ModelError for unknown names, unusable options or unfit weights.
+
+    A pathology foundation encoder (``foundation.FOUNDATION_ENCODERS``: uni, uni2-h...) is
+    built from its registry entry and needs its published weights: True reads them from the
+    local Hugging Face cache, a path names the file (or its folder); False is refused, since
+    nobody means to train one from random weights. ``pretrained=None`` builds any encoder's
+    bare architecture for weights that come from elsewhere (a checkpoint).
     """
     spec = EncoderSpec(name, output_stride, stride8_no_dilation)
+    foundation = foundation_encoder(name)
+    if foundation is not None:
+        return _foundation(spec, foundation, pretrained)
+    if pretrained is None:
+        pretrained = False
     _check_name(name)
     if output_stride is not None and stride8_no_dilation:
         raise ModelError(
@@ -138,11 +159,7 @@ def build_encoder(
     is_token_model = hasattr(probe, "num_prefix_tokens") and hasattr(probe, "patch_embed")
     kwargs: dict[str, Any] = {}
     if is_token_model:
-        if output_stride is not None or stride8_no_dilation:
-            raise ModelError(
-                f"{name} is a vision transformer: output_stride and stride8_no_dilation apply "
-                "to CNNs only; its feature grid is set by the patch size"
-            )
+        _check_vit_options(spec)
         kwargs["num_classes"] = 0
         if hasattr(probe, "dynamic_img_size"):
             kwargs["dynamic_img_size"] = True
@@ -174,10 +191,44 @@ def build_encoder(
     )
 
 
+def encoder_normalization(name: str) -> tuple[RGB, RGB]:
+    """The input (mean, std) of encoder ``name``: a foundation encoder's own, else ImageNet's."""
+    foundation = foundation_encoder(name)
+    if foundation is None:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return foundation.mean, foundation.std
+
+
+def _foundation(
+    spec: EncoderSpec, foundation: FoundationEncoder, pretrained: bool | str | Path | None
+) -> TokenEncoder:
+    _check_vit_options(spec)
+    if pretrained is False:
+        raise ModelError(
+            f"{spec.name} is a pathology foundation encoder: it trains from its published "
+            "weights, not from random ones; set model.pretrained to hf-cache (its file in the "
+            "local Hugging Face cache) or to the path of its weights file"
+        )
+    weights = None
+    if pretrained is not None:
+        weights = find_weights(foundation, None if pretrained is True else Path(pretrained))
+        logger.info("%s: initialising from %s", spec.name, weights)
+    body = create_body(foundation, weights)
+    return TokenEncoder(spec, body, int(body.num_features), int(body.patch_embed.feat_ratio()))
+
+
+def _check_vit_options(spec: EncoderSpec) -> None:
+    if spec.output_stride is not None or spec.stride8_no_dilation:
+        raise ModelError(
+            f"{spec.name} is a vision transformer: output_stride and stride8_no_dilation apply "
+            "to CNNs only; its feature grid is set by the patch size"
+        )
+
+
 def _check_name(name: str) -> None:
     if timm.is_model(name):
         return
-    known = timm.list_models()
+    known = [*timm.list_models(), *FOUNDATION_ENCODERS]
     close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
     raise ModelError(f"unknown encoder {name!r}{hint}")

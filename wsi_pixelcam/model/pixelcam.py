@@ -95,7 +95,7 @@ class PixelCAM(nn.Module):
         return [g for g in groups if g["params"]]
 
 
-def build_pixelcam(spec: PixelCAMSpec, *, pretrained: bool | str | Path = False) -> PixelCAM:
+def build_pixelcam(spec: PixelCAMSpec, *, pretrained: bool | str | Path | None = False) -> PixelCAM:
     """Build a PixelCAM from its spec; ``pretrained`` applies to the encoder (see build_encoder)."""
     encoder = build_encoder(
         spec.encoder.name,

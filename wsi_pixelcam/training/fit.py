@@ -37,7 +37,7 @@ from wsi_pixelcam.data.transforms import EvalTransform, TrainTransform
 from wsi_pixelcam.errors import CheckpointError, ConfigError, DataError
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.model.device import resolve_device
-from wsi_pixelcam.model.encoders import EncoderSpec
+from wsi_pixelcam.model.encoders import EncoderSpec, encoder_normalization
 from wsi_pixelcam.model.pixelcam import PixelCAM, PixelCAMSpec, build_pixelcam
 from wsi_pixelcam.training.cam_dump import CamDumpResult, cams_up_to_date, dump_cams, file_sha256
 from wsi_pixelcam.training.loop import (
@@ -240,11 +240,12 @@ def _log_balance(summary: DataSummary) -> None:
 
 
 def _meta(cfg: TrainConfig, data: _Data, stage: Literal["teacher", "pixelcam"]) -> CheckpointMeta:
+    mean, std = cfg.input.normalization(encoder_normalization(cfg.model.encoder))
     return CheckpointMeta(
         class_names=data.summary.class_names,
         input_px=cfg.input.input_px,
-        mean=cfg.input.mean,
-        std=cfg.input.std,
+        mean=mean,
+        std=std,
         mpp=math.nan if data.summary.mpp is None else data.summary.mpp,
         patch_px=data.summary.patch_px,
         stage=stage,
@@ -287,10 +288,11 @@ def _datasets(
     geometry = SharedGeometry(cfg.input.resize_px, cfg.input.input_px, cfg.input.flips, feature_hw)
     jitter = (cfg.input.brightness, cfg.input.contrast, cfg.input.saturation, cfg.input.hue)
     classes = data.summary.class_names
+    mean, std = cfg.input.normalization(encoder_normalization(cfg.model.encoder))
     train_set = PatchDataset(
         data.train,
         classes,
-        TrainTransform(geometry, jitter, cfg.input.mean, cfg.input.std),
+        TrainTransform(geometry, jitter, mean, std),
         with_cam=with_cam,
     )
     val_set = None
@@ -298,7 +300,7 @@ def _datasets(
         val_set = PatchDataset(
             data.val,
             classes,
-            EvalTransform(cfg.input.input_px, cfg.input.mean, cfg.input.std),
+            EvalTransform(cfg.input.input_px, mean, std),
             with_mask=data.summary.val_has_masks,
         )
     return train_set, val_set
