@@ -21,3 +21,18 @@ def test_demo_writes_valid_outputs(tmp_path):
     assert summary["complete"] is True
     assert set(summary["prediction"]["class_probs"]) == {"Epidermis", "background"}
     assert summary["rois"]["class"] == "Epidermis"
+
+
+def test_demo_trains_with_the_cpu_recipe():
+    """The demo's model is configs/train_cpu_demo.yaml's; only its data and device differ."""
+    from pathlib import Path
+
+    from wsi_pixelcam.config import TrainConfig, load_config
+
+    recipe = load_config(TrainConfig, Path(__file__).parents[1] / "configs/train_cpu_demo.yaml")
+    demo = demo_config().train
+    for section in ("model", "input", "optim"):
+        assert getattr(demo, section) == getattr(recipe, section), section
+    assert demo.pixelcam == recipe.pixelcam
+    assert demo.teacher.epochs == recipe.teacher.epochs
+    assert demo.model.pretrained == "imagenet"

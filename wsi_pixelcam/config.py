@@ -207,6 +207,14 @@ class TrainInputConfig(_Strict):
     contrast: float = Field(0.5, ge=0)
     saturation: float = Field(0.5, ge=0)
     hue: float = Field(0.05, ge=0, le=0.5)
+    hed_jitter: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="H&E stain jitter (Tellez et al. 2019): each stain's concentration scaled "
+        "by U(1-s, 1+s) and shifted by U(-s, s) in HED space; 0 (off): no clear gain on the "
+        "single-stain H&E benchmark (README)",
+    )
     mean: RGB | None = Field(
         None, description="null: the encoder's own (ImageNet's, or a foundation encoder's)"
     )
@@ -265,6 +273,11 @@ class SeedsConfig(_Strict):
         default_factory=lambda: ["background", "normal"],
         description="classes whose patches hold no ROI: background seeds only",
     )
+    balance: bool = Field(
+        False,
+        description="weigh foreground and background seeds equally in the pixel loss; off: "
+        "no clear gain on the H&E benchmark (README)",
+    )
 
 
 class TeacherConfig(_Strict):
@@ -294,6 +307,11 @@ class TrainDataConfig(_Strict):
         0.2, ge=0, lt=1, description="share of patches whose slides go to validation"
     )
     num_workers: int = Field(2, ge=0, le=64, description="loader processes decoding patches")
+    balance_classes: bool = Field(
+        True,
+        description="sample training patches with weights 1 / class count, so every class "
+        "is seen equally often (an epoch keeps its length)",
+    )
     classes: list[str] | None = Field(
         None, description="class names in label order; null: union of the stores' classes"
     )
@@ -353,7 +371,8 @@ class DemoConfig(_Strict):
 C = TypeVar("C", bound=BaseModel)
 
 
-def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree["a"]["b"] = value`` for ``dotted`` "a.b", creating sections on the way."""
     node = tree
     *parents, leaf = dotted.split(".")
     for key in parents:
@@ -396,7 +415,7 @@ def load_config(
         data = loaded
     for dotted, value in (overrides or {}).items():
         if value is not None:
-            _set_dotted(data, dotted, value)
+            set_dotted(data, dotted, value)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

@@ -92,3 +92,37 @@ def test_hue_rotation_turns_tissue_colours_like_torchvision() -> None:
         theirs = (hue(TF.adjust_hue(image, factor)) - hue(image) + 0.5) % 1 - 0.5
         assert np.allclose(theirs, factor, atol=1e-3)
         assert ((ours / theirs > 0.6) & (ours / theirs < 1.5)).all()
+
+
+def test_stain_jitter_scales_and_shifts_each_stain_within_sigma() -> None:
+    """In HED space the jitter is affine per stain: c' = a c + b, |a - 1| <= s, |b| <= s."""
+    from skimage.color import rgb2hed
+
+    from wsi_pixelcam.data.transforms import jitter_stains
+
+    colours = torch.tensor([[0.45, 0.25, 0.55], [0.7, 0.4, 0.55]])  # haematoxylin, eosin
+    image = colours.T[:, :, None].expand(3, 2, 4).contiguous()
+    assert torch.allclose(jitter_stains(image, 0.0), image, atol=1e-5)
+    torch.manual_seed(3)
+    sigma = 0.05
+    before = rgb2hed(image.permute(1, 2, 0).numpy())[:, 0]
+    after = rgb2hed(jitter_stains(image, sigma).permute(1, 2, 0).numpy())[:, 0]
+    scale = (after[1] - after[0]) / (before[1] - before[0])
+    shift = after[0] - scale * before[0]
+    assert np.all(np.abs(scale - 1) <= sigma + 1e-3) and np.all(np.abs(shift) <= sigma + 1e-3)
+    assert np.abs(scale - 1).max() > 1e-3  # it did change the stains
+
+
+def test_train_transform_applies_stain_jitter_only_when_asked() -> None:
+    patch = np.random.default_rng(0).integers(60, 200, (16, 16, 3), dtype=np.uint8)
+    geometry = SharedGeometry(16, 16, False, (2, 2))
+    plain = TrainTransform(geometry, (0, 0, 0, 0), MEAN, STD)
+    stained = TrainTransform(geometry, (0, 0, 0, 0), MEAN, STD, hed=0.2)
+    torch.manual_seed(0)
+    image, _ = plain(patch)
+    torch.manual_seed(0)
+    jittered, _ = stained(patch)
+    assert torch.allclose(
+        _unnormalise(image), torch.from_numpy(patch).permute(2, 0, 1) / 255, atol=1e-5
+    )
+    assert not torch.allclose(image, jittered, atol=1e-3)

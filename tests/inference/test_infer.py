@@ -38,6 +38,7 @@ from wsi_pixelcam.geo.qupath_rules import validate_geojson_file
 from wsi_pixelcam.inference import outputs
 from wsi_pixelcam.inference.infer import infer_slide
 from wsi_pixelcam.inference.predict import InferenceModel
+from wsi_pixelcam.inference.settings import tile_config
 from wsi_pixelcam.jobs import SlideJob, infer_job
 from wsi_pixelcam.store.heatmap_store import open_heatmap
 from wsi_pixelcam.tiling import tile_slide
@@ -45,6 +46,7 @@ from wsi_pixelcam.tiling import tile_slide
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FG = 0.8
 CLASS_PROBS = (0.3, 0.7)
+NO_OVERLAP = {"stride_px": tiny.PATCH_PX}
 
 
 def _model(fg: float = FG, **meta_changes) -> InferenceModel:
@@ -67,9 +69,11 @@ def store_path(slides, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def inferred(slides, tmp_path_factory):
-    """One full run from the slide file, tiles and teacher CAM included."""
+    """One full run from the slide file, tiles and teacher CAM included, on a grid without
+    overlap (its patch counts and class-probability pixels are one per patch)."""
     out = tmp_path_factory.mktemp("out")
-    result = infer_slide(slides["svs"], _model(), _cfg(threshold=0.5, teacher_cam=True), out)
+    cfg = _cfg(threshold=0.5, teacher_cam=True, tile=NO_OVERLAP)
+    result = infer_slide(slides["svs"], _model(), cfg, out)
     return out, result
 
 
@@ -157,13 +161,24 @@ def test_summary_tiles_and_overlay(inferred, slides):
 
 def test_rerun_skips_refuses_changed_parameters_and_overwrites(inferred, slides):
     out, _ = inferred
-    again = infer_slide(slides["svs"], _model(), _cfg(threshold=0.5, teacher_cam=True), out)
+    again = infer_slide(
+        slides["svs"], _model(), _cfg(tile=NO_OVERLAP, threshold=0.5, teacher_cam=True), out
+    )
     assert again.status == "skipped" and again.n_rois == 1
     with pytest.raises(OutputError, match="threshold differ"):
-        infer_slide(slides["svs"], _model(), _cfg(threshold=0.6, teacher_cam=True), out)
+        infer_slide(
+            slides["svs"], _model(), _cfg(tile=NO_OVERLAP, threshold=0.6, teacher_cam=True), out
+        )
     with pytest.raises(OutputError, match="model_fingerprint"):
-        infer_slide(slides["svs"], _model(fg=0.7), _cfg(threshold=0.5, teacher_cam=True), out)
-    replaced = infer_slide(slides["svs"], _model(), _cfg(threshold=0.9), out, overwrite=True)
+        infer_slide(
+            slides["svs"],
+            _model(fg=0.7),
+            _cfg(tile=NO_OVERLAP, threshold=0.5, teacher_cam=True),
+            out,
+        )
+    replaced = infer_slide(
+        slides["svs"], _model(), _cfg(tile=NO_OVERLAP, threshold=0.9), out, overwrite=True
+    )
     assert replaced.status == "ok" and replaced.n_rois == 0 and _leftovers(out) == []
 
 
@@ -228,6 +243,14 @@ def test_bad_config_values_are_refused(store_path, tmp_path):
 
 def test_shipped_config_loads_with_the_defaults():
     assert load_config(InferConfig, CONFIGS / "infer.yaml") == InferConfig()
+
+
+def test_slide_files_are_tiled_with_half_overlap_unless_a_stride_is_set():
+    shipped = load_config(InferConfig, CONFIGS / "infer.yaml")
+    for cfg in (_cfg(), shipped):
+        assert tile_config(cfg, tiny.meta()).stride == tiny.PATCH_PX // 2
+    explicit = _cfg(tile=NO_OVERLAP)
+    assert tile_config(explicit, tiny.meta()).stride == tiny.PATCH_PX
 
 
 def test_frame_offset_moves_rois_and_tiles_into_qupaths_frame(store_path, tmp_path, layout):

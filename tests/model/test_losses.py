@@ -75,3 +75,31 @@ def test_pixelcam_loss_combines_terms() -> None:
     assert torch.allclose(parts.total, image + 0.5 * parts.pixel)
     teacher = pixelcam_loss(out, labels, None)
     assert teacher.pixel.item() == 0.0 and torch.allclose(teacher.total, image)
+
+
+def test_balanced_weighs_foreground_and_background_seeds_equally() -> None:
+    """One foreground seed against nine background ones: each side is half the loss."""
+    logits = torch.randn(1, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    seeds = torch.full((1, 4, 4), IGNORE_INDEX, dtype=torch.long)
+    seeds.view(-1)[:9] = 0
+    seeds.view(-1)[9] = 1
+    log_probs = torch.log_softmax(logits, dim=1)
+    fg = -log_probs[0, 1].reshape(-1)[9]
+    bg = -log_probs[0, 0].reshape(-1)[:9].mean()
+    balanced = partial_cross_entropy(logits, seeds, balanced=True)
+    assert torch.allclose(balanced, (fg + bg) / 2, atol=1e-6)
+    plain = partial_cross_entropy(logits, seeds)
+    assert torch.allclose(plain, (fg + 9 * bg) / 10, atol=1e-6)
+
+
+def test_balanced_with_one_kind_of_seed_or_none() -> None:
+    logits = torch.randn(1, 2, 3, 3, requires_grad=True)
+    background_only = torch.full((1, 3, 3), IGNORE_INDEX, dtype=torch.long)
+    background_only[0, 0] = 0
+    assert torch.allclose(
+        partial_cross_entropy(logits, background_only, balanced=True),
+        partial_cross_entropy(logits, background_only),
+    )
+    none = torch.full((1, 3, 3), IGNORE_INDEX, dtype=torch.long)
+    empty = partial_cross_entropy(logits, none, balanced=True)
+    assert empty.item() == 0.0 and empty.requires_grad

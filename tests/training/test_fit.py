@@ -74,6 +74,8 @@ def test_all_stages_write_checkpoints_cams_metrics_and_split(full_run) -> None:
         ("teacher", 1), ("teacher", 2), ("pixelcam", 1)
     ]  # fmt: skip
     assert rows[0]["pixel_loss"] == 0 and rows[2]["pixel_loss"] > 0
+    assert rows[0]["seeds_fg"] == rows[0]["seeds_bg"] == 0  # the teacher draws none
+    assert rows[2]["seeds_fg"] > 0 and rows[2]["seeds_bg"] > rows[2]["seeds_fg"]
     assert {"val_accuracy", "val_pxap_cam", "val_pxap_pixel", "val_best_tau"} <= set(rows[2])
     for stage in ("teacher", "pixelcam"):
         assert {p.name for p in (out / stage).iterdir()} == {
@@ -197,3 +199,20 @@ def test_shipped_train_configs_load(name: str) -> None:
         assert cfg == TrainConfig()  # the defaults, spelled out
     if name == "train_paper.yaml":
         assert cfg.model.encoder == "resnet50" and cfg.pixelcam.seeds.erode_k == 11
+
+
+def test_a_class_only_in_validation_is_one_clear_error(tmp_path: Path) -> None:
+    train_stores = [
+        make_store(tmp_path / f"t{i}.zarr", n=8, seed=i, labels=[0] * 8) for i in range(2)
+    ]
+    val_store = make_store(tmp_path / "v.zarr", n=8, seed=5)
+    with pytest.raises(DataError, match=r"'tumour' is labelled only in the validation stores"):
+        train(_cfg(), train_stores, tmp_path / "out", val_store_paths=[val_store])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_configured_class_no_store_has_is_one_clear_error(tmp_path: Path) -> None:
+    stores = _stores(tmp_path / "stores", n_stores=2, n=8)
+    cfg = _cfg(data={"classes": ["background", "tumour", "necrosis"], "val_fraction": 0.0})
+    with pytest.raises(DataError, match=r"'necrosis' \(data.classes\) is labelled in none"):
+        train(cfg, stores, tmp_path / "out")

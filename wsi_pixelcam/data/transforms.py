@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from skimage.color import hed_from_rgb, rgb_from_hed
 from torchvision.transforms import v2
 
 PairGeometry = Callable[
@@ -98,9 +99,33 @@ def rotate_hue(image: torch.Tensor, factor: float) -> torch.Tensor:
     return torch.einsum("ij,jhw->ihw", matrix, image).clamp_(0.0, 1.0)
 
 
+_HED_FROM_RGB = torch.from_numpy(hed_from_rgb).float()
+_RGB_FROM_HED = torch.from_numpy(rgb_from_hed).float()
+_MIN_TRANSMISSION = 1.0 / 255.0  # keeps optical density finite on saturated pixels
+
+
+def jitter_stains(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Tellez et al.'s (2019) HED augmentation of a (3, H, W) float image in [0, 1].
+
+    Optical density is unmixed into haematoxylin, eosin and DAB concentrations
+    (Ruifrok-Johnston vectors, as scikit-image's ``rgb2hed``); each is scaled by
+    U(1 - sigma, 1 + sigma) and shifted by U(-sigma, sigma), then mixed back. It mimics the
+    spread of stain strength between labs and scanners, which RGB colour jitter does not.
+    """
+    density = -torch.log(image.clamp(min=_MIN_TRANSMISSION))
+    stains = torch.einsum("chw,cs->shw", density, _HED_FROM_RGB)
+    scale = torch.empty(3, 1, 1).uniform_(1.0 - sigma, 1.0 + sigma)
+    shift = torch.empty(3, 1, 1).uniform_(-sigma, sigma)
+    mixed = torch.einsum("shw,sc->chw", stains * scale + shift, _RGB_FROM_HED)
+    return torch.exp(-mixed).clamp_(0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class TrainTransform:
-    """``geometry`` on image and CAM together, then colour jitter on the image, then normalise.
+    """``geometry`` on image and CAM together, then stain and colour jitter on the image, then
+    normalise.
+
+    ``hed`` is the sigma of :func:`jitter_stains` (0: off), applied before the RGB jitter.
 
     ``jitter`` is (brightness, contrast, saturation, hue) as torchvision's ColorJitter takes
     them: the first three through ColorJitter (in random order), then a hue shift drawn
@@ -113,6 +138,7 @@ class TrainTransform:
     jitter: tuple[float, float, float, float]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    hed: float = 0.0
     _colour: v2.ColorJitter | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -127,6 +153,8 @@ class TrainTransform:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         image, out_cam = self.geometry(to_float_image(patch), _cam_tensor(cam))
         image = image.clamp(0.0, 1.0)
+        if self.hed > 0:
+            image = jitter_stains(image, self.hed)
         if self._colour is not None:
             image = self._colour(image)
         hue = self.jitter[3]

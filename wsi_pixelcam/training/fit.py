@@ -193,12 +193,7 @@ def _prepare_data(
         return tuple(int(sum(c[k] for c in per_store)) for k in range(len(classes)))
 
     train_counts = counts(train_infos)
-    missing = [c for c, n in zip(classes, train_counts, strict=True) if n == 0]
-    if missing:
-        raise DataError(
-            f"no training patch of class(es) {missing} after the slide-level split; add "
-            "slides with those classes or lower data.val_fraction"
-        )
+    _check_every_class_trains(classes, train_counts, counts(val_infos), bool(val_store_paths))
     summary = DataSummary(
         class_names=classes,
         mpp=mpp,
@@ -212,6 +207,29 @@ def _prepare_data(
         val_has_masks=bool(val_infos) and all(i.has_masks for i in val_infos),
     )
     return _Data(summary, train_infos, val_infos)
+
+
+def _check_every_class_trains(
+    classes: tuple[str, ...],
+    train_counts: tuple[int, ...],
+    val_counts: tuple[int, ...],
+    val_given: bool,
+) -> None:
+    """DataError naming a class no training patch has, and why."""
+    for name, n_train, n_val in zip(classes, train_counts, val_counts, strict=True):
+        if n_train:
+            continue
+        if not n_val:
+            raise DataError(
+                f"class {name!r} (data.classes) is labelled in none of the stores; remove it "
+                "from data.classes or add slides annotated with it"
+            )
+        where = "validation stores" if val_given else "slides the split sent to validation"
+        raise DataError(
+            f"class {name!r} is labelled only in the {where} ({n_val} patches): a class "
+            "must be trained on; add training slides with it"
+            + ("" if val_given else " or lower data.val_fraction")
+        )
 
 
 def _fix_split(path: Path, summary: DataSummary) -> None:
@@ -270,6 +288,8 @@ def _plan(
         optim=cfg.optim,
         seeder=seeder,
         lam=cfg.pixelcam.lam,
+        balanced_seeds=cfg.pixelcam.seeds.balance,
+        balance_classes=cfg.data.balance_classes,
         cam_method=cfg.teacher.cam_method,
         eval_px=cfg.eval.eval_px,
         tau_metric=cfg.eval.tau_metric,
@@ -292,7 +312,7 @@ def _datasets(
     train_set = PatchDataset(
         data.train,
         classes,
-        TrainTransform(geometry, jitter, mean, std),
+        TrainTransform(geometry, jitter, mean, std, cfg.input.hed_jitter),
         with_cam=with_cam,
     )
     val_set = None

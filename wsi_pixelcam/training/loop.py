@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from wsi_pixelcam.config import OptimConfig, SeedsConfig
 from wsi_pixelcam.metrics import AccuracyAccumulator, LocalizationAccumulator
@@ -64,13 +64,27 @@ def make_loader(
     seed: int,
     device: torch.device,
     drop_last: bool = False,
+    balance_labels: np.ndarray | None = None,
 ) -> DataLoader[dict[str, torch.Tensor]]:
-    """A DataLoader whose shuffle order and per-worker RNG follow ``seed``."""
+    """A DataLoader whose shuffle order and per-worker RNG follow ``seed``.
+
+    ``balance_labels`` (one class index per item) draws items with replacement, with
+    weights 1 / (count of their class), instead of shuffling: every class is seen equally
+    often, and an epoch keeps the dataset's length.
+    """
     generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if balance_labels is not None:
+        counts = np.bincount(balance_labels)
+        weights = 1.0 / counts[balance_labels]
+        sampler = WeightedRandomSampler(
+            weights.tolist(), len(balance_labels), replacement=True, generator=generator
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=num_workers,
         generator=generator,
         pin_memory=device.type == "cuda",
@@ -110,7 +124,8 @@ def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextMana
 
 @dataclass(frozen=True)
 class EpochStats:
-    """Mean losses and accuracy (%) over one training epoch, and its throughput."""
+    """Mean losses and accuracy (%) over one training epoch, its throughput, and the pixel
+    seeds it drew of each kind (how lopsided foreground against background was)."""
 
     loss: float
     image_loss: float
@@ -118,6 +133,8 @@ class EpochStats:
     accuracy: float
     n_patches: int
     seconds: float
+    seeds_fg: int = 0
+    seeds_bg: int = 0
 
     @property
     def patches_per_s(self) -> float:
@@ -177,9 +194,12 @@ def train_epoch(
     seeder: Seeder | None,
     lam: float,
     seed: int,
+    balanced_seeds: bool = False,
     report: Callable[[int, int], None] | None = None,
 ) -> EpochStats:
     """One pass over ``loader``; ``seeder`` None trains the image head only (the teacher).
+
+    ``balanced_seeds`` weighs foreground and background seeds equally in the pixel loss.
 
     ``loader`` is a DataLoader, or any iterable of the batches one yields (a benchmark feeds
     batches held in memory).
@@ -187,6 +207,7 @@ def train_epoch(
     model.train()
     generator = torch.Generator().manual_seed(seed)
     sums = np.zeros(3)
+    seed_counts = np.zeros(2, dtype=np.int64)  # background, foreground: how lopsided they are
     accuracy = AccuracyAccumulator()
     started = time.perf_counter()
     total = len(loader) if isinstance(loader, Sized) else 0
@@ -195,10 +216,12 @@ def train_epoch(
         labels = batch["label"].to(device, non_blocking=True)
         seeds = None
         if seeder is not None:
-            seeds = seeder(batch["cam"], batch["label"], generator).to(device)
+            seeds = seeder(batch["cam"], batch["label"], generator)
+            seed_counts += np.bincount(seeds[seeds >= 0].numpy(), minlength=2)[:2]
+            seeds = seeds.to(device)
         with _autocast(device, amp):
             output = model(images)
-        parts = pixelcam_loss(output, labels, seeds, lam)
+        parts = pixelcam_loss(output, labels, seeds, lam, balanced_seeds=balanced_seeds)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(parts.total).backward()
         scaler.step(optimizer)
@@ -212,7 +235,10 @@ def train_epoch(
         raise RuntimeError("the training loader yielded no batch")
     seconds = time.perf_counter() - started
     loss, image_loss, pixel_loss = (sums / accuracy.total).tolist()
-    return EpochStats(loss, image_loss, pixel_loss, accuracy.accuracy(), accuracy.total, seconds)
+    return EpochStats(
+        loss, image_loss, pixel_loss, accuracy.accuracy(), accuracy.total, seconds,
+        int(seed_counts[1]), int(seed_counts[0]),
+    )  # fmt: skip
 
 
 @dataclass

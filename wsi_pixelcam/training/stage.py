@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sized
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import Dataset
 
 from wsi_pixelcam.config import OptimConfig
+from wsi_pixelcam.data.patch_dataset import PatchDataset
 from wsi_pixelcam.errors import ConfigError, OutputError
 from wsi_pixelcam.model.cam import CamMethod
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
@@ -55,6 +56,8 @@ class StagePlan:
     optim: OptimConfig
     seeder: Seeder | None
     lam: float
+    balanced_seeds: bool
+    balance_classes: bool
     cam_method: CamMethod
     eval_px: int
     tau_metric: Literal["miou", "dice_fg"]
@@ -91,7 +94,7 @@ class StageResult:
 def run_stage(
     plan: StagePlan,
     model: PixelCAM,
-    train_set: Dataset[dict[str, torch.Tensor]],
+    train_set: PatchDataset,
     val_set: Dataset[dict[str, torch.Tensor]] | None,
     *,
     val_has_masks: bool,
@@ -128,7 +131,8 @@ def run_stage(
             num_workers=plan.num_workers,
             seed=seed,
             device=plan.device,
-            drop_last=len(cast(Sized, train_set)) > plan.optim.batch_size,
+            drop_last=len(train_set) > plan.optim.batch_size,
+            balance_labels=train_set.labels if plan.balance_classes else None,
         )
         stats = train_epoch(
             model,
@@ -140,6 +144,7 @@ def run_stage(
             seeder=plan.seeder,
             lam=plan.lam,
             seed=seed,
+            balanced_seeds=plan.balanced_seeds,
             report=_reporter(progress, plan.name, epoch),
         )
         row: dict[str, Any] = {
@@ -150,6 +155,8 @@ def run_stage(
             "image_loss": stats.image_loss,
             "pixel_loss": stats.pixel_loss,
             "train_accuracy": stats.accuracy,
+            "seeds_fg": stats.seeds_fg,
+            "seeds_bg": stats.seeds_bg,
             "patches_per_s": stats.patches_per_s,
             "train_seconds": stats.seconds,
         }
