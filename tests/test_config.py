@@ -44,3 +44,17 @@ def test_not_a_mapping(tmp_path):
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("tile*.yaml")))
 def test_shipped_tile_configs_load(name):
     load_config(TileConfig, CONFIGS / name)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [("a: [1, 2\nb: 3\n", "line 2, column 2"), ("a:\n  - x\n b: 1\n", "line 3, column 2")],
+)
+def test_invalid_yaml_is_one_line_with_line_and_column(tmp_path, text, where):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(TileConfig, path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{path}: not valid YAML at {where}: ")

@@ -391,6 +391,14 @@ def _format_validation(source: str, err: ValidationError) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's several-line report as one line: where (1-based line and column) and what."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or "unreadable"
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"not valid YAML{where}: {problem}"
+
+
 def load_config(
     cls: type[C], path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> C:
@@ -407,7 +415,7 @@ def load_config(
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+            raise ConfigError(f"{path}: {_yaml_problem(exc)}") from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
