@@ -11,12 +11,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from wsi_pixelcam import __version__
-from wsi_pixelcam.cli import demo, evaluate, geojson, infer, tile, train
-from wsi_pixelcam.cli.common import EXIT_FAILED, EXIT_USAGE, USAGE_ERRORS, setup_logging
+from wsi_pixelcam.cli import demo, evaluate, geojson, infer, report, tile, train
+from wsi_pixelcam.cli.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    USAGE_ERRORS,
+    add_version,
+    setup_logging,
+)
 from wsi_pixelcam.errors import WsiPixelcamError
 
-COMMANDS = (demo, tile, train, infer, evaluate, geojson)
+COMMANDS = (demo, tile, train, infer, evaluate, geojson, report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wsi-pixelcam",
         description="Whole-slide images to PixelCAM region-of-interest maps for QuPath.",
     )
-    parser.add_argument("--version", action="version", version=f"wsi-pixelcam {__version__}")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wsi_pixelcam import __version__
 from wsi_pixelcam.errors import ConfigError, ManifestError
 
 if TYPE_CHECKING:
@@ -22,8 +23,14 @@ USAGE_ERRORS = (ConfigError, ManifestError)
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
+    add_version(parser)
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version`` on the top-level parser and on every command (``tile --version`` too)."""
+    parser.add_argument("--version", action="version", version=f"wsi-pixelcam {__version__}")
 
 
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +132,9 @@ def run_and_report(
     return EXIT_FAILED if counts["failed"] else EXIT_OK
 
 
-def add_config_options(parser: argparse.ArgumentParser, example: str) -> None:
+def add_config_options(
+    parser: argparse.ArgumentParser, example: str, set_example: str = "optim.base_lr=0.01"
+) -> None:
     parser.add_argument("--config", type=Path, help=f"YAML config (see {example})")
     parser.add_argument(
         "--set",
@@ -133,7 +142,7 @@ def add_config_options(parser: argparse.ArgumentParser, example: str) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config value, e.g. --set optim.base_lr=0.01 (repeatable)",
+        help=f"override one config value, e.g. --set {set_example} (repeatable)",
     )
 
 

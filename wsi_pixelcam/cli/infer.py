@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     infer.add_argument("--model", type=Path, required=True, help="PixelCAM checkpoint (.pt)")
     infer.add_argument("--out", type=Path, required=True, help="output directory")
     infer.add_argument("--stores-dir", type=Path, help="where slides are tiled (OUT/stores)")
-    add_config_options(infer, "configs/infer.yaml")
+    add_config_options(infer, "configs/infer.yaml", "min_area_um2=5000")
     infer.add_argument("--threshold", type=float, help="ROI threshold in [0, 1]")
     infer.add_argument("--output-mpp", type=float, help="heatmap resolution (default 2 um/px)")
     infer.add_argument("--device", help="auto, cpu, cuda[:N]")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from wsi_pixelcam.cli.common import add_batch_options, add_common, collect_jobs, run_and_report
+from wsi_pixelcam.cli.common import (
+    add_batch_options,
+    add_common,
+    add_config_options,
+    collect_jobs,
+    parse_overrides,
+    run_and_report,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--example", action="store_true", help="tile the bundled CMU-1-Small-Region.svs"
     )
     tile.add_argument("--out", type=Path, required=True, help="output directory")
-    tile.add_argument("--config", type=Path, help="YAML tile config (see configs/tile.yaml)")
+    add_config_options(tile, "configs/tile.yaml", "tissue.min_saturation=0.1")
     tile.add_argument(
         "--mpp", type=float, help="level-0 microns per pixel, overriding the metadata"
     )
@@ -65,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             "backend": args.backend,
             "store.jpeg_quality": args.jpeg_quality,
             "store.compression": "lossless" if args.lossless else None,
+            **parse_overrides(args.overrides),
         },
     )
     inputs = list(args.inputs) + ([bundled_example()] if args.example else [])

@@ -176,3 +176,18 @@ def test_help_and_tile_do_not_import_torch(tmp_path, slides):
         [sys.executable, "-m", "wsi_pixelcam", "--help"], capture_output=True, text=True, check=True
     )
     assert "tile" in result.stdout
+
+
+def test_set_overrides_any_config_key(tmp_path, slides):
+    out = tmp_path / "out"
+    args = ["tile", str(slides["svs"]), "--out", str(out), "--set", "patch_px=128"]
+    assert main([*args, "--workers", "1", "-q"]) == 0
+    assert len(open_patch_store(out / "svs_slide.zarr")) == 64  # 256 px patches would give 16
+
+
+def test_set_with_an_unknown_key_is_one_usage_line(tmp_path, slides, capsys):
+    out = tmp_path / "out"
+    assert main(["tile", str(slides["svs"]), "--out", str(out), "--set", "tissue.closing=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["wsi-pixelcam: error: config: tissue.closing: unknown key"]
+    assert not out.exists()  # refused before anything was written
