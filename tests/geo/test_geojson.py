@@ -67,7 +67,6 @@ _SPIKE = [[0, 0], [10, 0], [10, 10], [5, 0.003], [0, 10], [0, 0]]  # touches its
 
 RULES = [
     ("feature type", _set("type", "Polygon"), "type must be 'Feature'"),
-    ("no id", _set("id", _DELETE), "UUID"),
     ("non-UUID id", _set("id", "roi-1"), "UUID"),
     ("integer id", _set("id", 7), "UUID"),
     ("point geometry", _set("geometry", {"type": "Point", "coordinates": [1, 2]}), "Polygon or"),

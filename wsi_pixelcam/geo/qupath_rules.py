@@ -111,7 +111,8 @@ def _structure_problem(feature: Any) -> tuple[str | None, bool]:
     if not isinstance(feature, Mapping) or feature.get("type") != "Feature":
         return "type must be 'Feature'", False
     fid = feature.get("id")
-    if not isinstance(fid, str) or not _UUID.match(fid):
+    if fid is not None and not (isinstance(fid, str) and _UUID.match(fid)):
+        # no id is fine (QuPath assigns one); another id is dropped, so it is flagged
         return "id must be a UUID string (QuPath drops other ids)", False
     problem = _geometry_structure_problem(feature.get("geometry"))
     if problem is not None:
