@@ -142,8 +142,9 @@ def global_class_names(
         used = sorted(set(info.labels[info.labels >= 0].tolist()))
         if not used:
             raise DataError(
-                f"{info.path}: no labelled patch (all labels are -1); tile it with labels "
-                "(--annotations, --labels-csv or --slide-label) or leave it out"
+                f"{info.path}: no labelled patch (all labels are -1); re-tile it with labels "
+                "(tile --annotations DIR, --labels-csv FILE, or a 'label' column in the "
+                "--manifest) or leave it out"
             )
         if max(used) >= len(info.classes):
             raise DataError(
