@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from wsi_pixelcam import __version__
+from wsi_pixelcam.atomic_write import replaced_when_done
 from wsi_pixelcam.cli import main as cli_main
 
 
@@ -82,9 +83,8 @@ def _step(run: Path, name: str, argv: Sequence[str], status: Path | None) -> int
     manifest = json.loads(path.read_text()) if path.exists() else {"steps": []}
     manifest.update({"package": f"wsi-pixelcam {__version__}", "python": sys.version.split()[0]})
     manifest["steps"].append(record)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    tmp.replace(path)
+    with replaced_when_done(path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
     return code
 
 

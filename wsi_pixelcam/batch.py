@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wsi_pixelcam.atomic_write import replaced_when_done
 from wsi_pixelcam.errors import OutputError, WsiPixelcamError
 from wsi_pixelcam.jobs import PROGRESS_TOPIC, SlideJob
-from wsi_pixelcam.store.outdir import replaced_when_done
 
 log = logging.getLogger(__name__)
 

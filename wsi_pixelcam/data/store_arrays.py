@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
+from wsi_pixelcam.atomic_write import replace_dir
 from wsi_pixelcam.store import open_patch_store
 from wsi_pixelcam.store.lock import StoreLock
-from wsi_pixelcam.store.patch_store import json_safe, replace_dir, write_rows
+from wsi_pixelcam.store.patch_store import json_safe, write_rows
 
 
 def completed_record(store_path: str | Path, name: str) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from shapely.errors import GEOSException
 from shapely.geometry import MultiPolygon, Polygon, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
+from wsi_pixelcam.atomic_write import replaced_when_done
 from wsi_pixelcam.errors import AnnotationError, OutputError
 from wsi_pixelcam.geo.polygons import polygon_parts
 from wsi_pixelcam.geo.qupath_rules import (
@@ -33,7 +34,6 @@ from wsi_pixelcam.geo.qupath_rules import (
     load_geojson,
     validate_features,
 )
-from wsi_pixelcam.store.outdir import replaced_when_done
 
 logger = logging.getLogger(__name__)
 

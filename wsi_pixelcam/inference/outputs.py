@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 import zarr
 
+from wsi_pixelcam.atomic_write import replaced_when_done
 from wsi_pixelcam.errors import OutputError
 from wsi_pixelcam.geo.geojson import annotation_feature, class_color, tile_feature
 from wsi_pixelcam.inference.rois import Roi
 from wsi_pixelcam.inference.stitch import overlay_png
 from wsi_pixelcam.store.heatmap_store import Heatmap
-from wsi_pixelcam.store.outdir import replaced_when_done
 from wsi_pixelcam.store.patch_store import PatchStore, json_safe
 
 logger = logging.getLogger(__name__)

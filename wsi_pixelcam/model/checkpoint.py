@@ -10,8 +10,6 @@ half-written checkpoint under the real name.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +17,7 @@ from typing import Any, Literal
 import torch
 
 from wsi_pixelcam import __version__
+from wsi_pixelcam.atomic_write import replaced_when_done
 from wsi_pixelcam.errors import CheckpointError, ModelError, OutputError
 from wsi_pixelcam.model.encoders import EncoderSpec
 from wsi_pixelcam.model.pixelcam import PixelCAM, PixelCAMSpec, build_pixelcam
@@ -64,22 +63,15 @@ def save_checkpoint(path: str | Path, model: PixelCAM, meta: CheckpointMeta) -> 
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise OutputError(
             f"{path}: cannot write a checkpoint there ({exc.strerror or exc})"
         ) from exc
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with replaced_when_done(path, durable=True) as tmp, open(tmp, "wb") as stream:
             torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        Path(tmp_name).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise OutputError(f"{path}: writing the checkpoint failed ({exc})") from exc
-        raise
+    except OSError as exc:
+        raise OutputError(f"{path}: writing the checkpoint failed ({exc})") from exc
     return path
 
 

@@ -32,8 +32,9 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
+from wsi_pixelcam.atomic_write import TMP_MARK, replace_dir
 from wsi_pixelcam.errors import StoreError
-from wsi_pixelcam.store.patch_store import TMP_MARK, json_safe, replace_dir
+from wsi_pixelcam.store.patch_store import json_safe
 
 logger = logging.getLogger(__name__)
 

@@ -1,15 +1,10 @@
-"""Output locations: check a directory up front, write files so none is ever half-written.
-
-A typo in an output path fails in one line before any work starts; a file is written under a
-temporary name beside its final one and renamed into place only once complete.
+"""Output locations: check a directory up front, so a typo in an output path fails in one line
+before any work starts (files are then written with :mod:`wsi_pixelcam.atomic_write`).
 """
 
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from wsi_pixelcam.errors import OutputError
@@ -26,18 +21,3 @@ def ensure_writable_dir(path: Path) -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: output directory is not writable")
     return path
-
-
-@contextmanager
-def replaced_when_done(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed onto it when the block completes.
-
-    If the block raises, the temporary file is deleted and ``path`` is left as it was.
-    """
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

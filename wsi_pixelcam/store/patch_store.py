@@ -12,7 +12,6 @@ complete, so a crash never leaves something that looks finished.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Iterable, Mapping
@@ -25,12 +24,12 @@ import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, ZstdCodec
 
+from wsi_pixelcam.atomic_write import TMP_MARK, replace_dir
 from wsi_pixelcam.errors import StoreError
 from wsi_pixelcam.store.jpeg_codec import JpegCodec
 
 SCHEMA = "wsi-pixelcam.patch-store"
 SCHEMA_VERSION = 1
-TMP_MARK = ".tmp-"
 MASK_MAX_PX = 128
 MASK_CHUNK_ROWS = 64  # at most 1 MiB of raw masks per chunk
 
@@ -190,7 +189,7 @@ class PatchStoreWriter:
             {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "n_patches": n}
         )
         self._group.attrs["complete"] = True
-        replace_dir(self.tmp_path, self.final_path)
+        replace_dir(self.tmp_path, self.final_path, durable=True)
         return self.final_path
 
     def abort(self) -> None:
@@ -238,17 +237,6 @@ def write_rows(
         written += len(rows)
     if written != shape[0]:
         raise RuntimeError(f"wrote {written} of {shape[0]} rows of {name}")
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Move ``src`` to ``dst``; an existing ``dst`` is moved aside first and then deleted."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f"{dst.name}{TMP_MARK}old-{uuid.uuid4().hex[:8]}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_stale_temporaries(final_path: Path) -> list[Path]:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from wsi_pixelcam.atomic_write import TMP_MARK, replace_dir
 from wsi_pixelcam.geo.geojson import annotation_feature, write_geojson
 from wsi_pixelcam.geo.polygons import polygons_from_mask
-from wsi_pixelcam.store.patch_store import TMP_MARK, replace_dir
 from wsi_pixelcam.tiling.tissue import overlay
 
 TISSUE_CLASS = "Tissue"

@@ -20,13 +20,13 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import Dataset
 
+from wsi_pixelcam.atomic_write import replaced_when_done
 from wsi_pixelcam.config import OptimConfig
 from wsi_pixelcam.data.patch_dataset import PatchDataset
 from wsi_pixelcam.errors import ConfigError, OutputError
 from wsi_pixelcam.model.cam import CamMethod
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.model.pixelcam import PixelCAM
-from wsi_pixelcam.store.outdir import replaced_when_done
 from wsi_pixelcam.training.loop import (
     EvalAccumulators,
     ProgressFn,
