@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wsi_pixelcam.cli.common import (
     add_batch_options,
@@ -13,7 +14,10 @@ from wsi_pixelcam.cli.common import (
     parse_overrides,
     run_and_report,
 )
-from wsi_pixelcam.errors import CheckpointError
+from wsi_pixelcam.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from wsi_pixelcam.config import InferConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
             **parse_overrides(args.overrides),
         },
     )
-    if not args.model.is_file():
-        raise CheckpointError(f"{args.model}: no such checkpoint file")
+    _check_model(args.model, cfg)
     jobs = collect_jobs(args, args.inputs, stores=True)
     fn = partial(
         infer_job,
@@ -67,3 +70,21 @@ def run(args: argparse.Namespace) -> int:
         mpp_override=args.mpp,
     )
     return run_and_report("infer", fn, jobs, args)
+
+
+def _check_model(path: Path, cfg: InferConfig) -> None:
+    """Read ``path``'s metadata once and check it against ``cfg``, before any slide is sent.
+
+    A file that is no checkpoint, or a threshold, ROI class or tiling it cannot serve, is one
+    error naming the file, not one failure per slide from inside every worker.
+    """
+    from wsi_pixelcam.inference.settings import resolve_threshold, roi_index, tile_config
+    from wsi_pixelcam.model.checkpoint import read_checkpoint_meta
+
+    meta = read_checkpoint_meta(path)
+    try:
+        resolve_threshold(cfg, meta)
+        roi_index(cfg, meta)
+        tile_config(cfg, meta)
+    except (CheckpointError, ConfigError) as exc:
+        raise type(exc)(f"{path}: {exc}") from exc

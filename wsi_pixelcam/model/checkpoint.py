@@ -88,7 +88,39 @@ def load_checkpoint(
     missing or foreign file, another format version, or weights that do not fit.
     """
     path = Path(path)
-    payload = _read(path, map_location)
+    spec, meta, state_dict = _parse(path, _read(path, map_location))
+    if expect_encoder is not None and spec.encoder.name != expect_encoder:
+        raise CheckpointError(
+            f"{path}: trained with encoder {spec.encoder.name!r}, not {expect_encoder!r}"
+        )
+    if expect_class_names is not None and tuple(expect_class_names) != meta.class_names:
+        raise CheckpointError(
+            f"{path}: trained for classes {list(meta.class_names)}, not {list(expect_class_names)}"
+        )
+    try:
+        # the bare architecture: every weight comes from this file, a foundation encoder's
+        # too, so no weights file of its own is needed
+        model = build_pixelcam(spec, pretrained=None)
+    except ModelError as exc:
+        raise CheckpointError(f"{path}: cannot rebuild its model ({exc})") from exc
+    _load_state(path, model, state_dict)
+    return model.to(map_location).eval(), meta
+
+
+def read_checkpoint_meta(path: str | Path) -> CheckpointMeta:
+    """The metadata of the checkpoint at ``path``, without building its model.
+
+    A cheap check that a file is a usable checkpoint, made once before a batch starts rather
+    than in every worker. Raises CheckpointError as :func:`load_checkpoint` does.
+    """
+    path = Path(path)
+    return _parse(path, _read(path, "cpu"))[1]
+
+
+def _parse(
+    path: Path, payload: dict[str, Any]
+) -> tuple[PixelCAMSpec, CheckpointMeta, dict[str, torch.Tensor]]:
+    """The model spec, metadata and state dict of a read payload; CheckpointError if damaged."""
     try:
         spec_dict = payload["model_spec"]
         spec = PixelCAMSpec(
@@ -108,22 +140,7 @@ def load_checkpoint(
         state_dict = payload["state_dict"]
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: checkpoint metadata is damaged ({exc!r})") from exc
-    if expect_encoder is not None and spec.encoder.name != expect_encoder:
-        raise CheckpointError(
-            f"{path}: trained with encoder {spec.encoder.name!r}, not {expect_encoder!r}"
-        )
-    if expect_class_names is not None and tuple(expect_class_names) != meta.class_names:
-        raise CheckpointError(
-            f"{path}: trained for classes {list(meta.class_names)}, not {list(expect_class_names)}"
-        )
-    try:
-        # the bare architecture: every weight comes from this file, a foundation encoder's
-        # too, so no weights file of its own is needed
-        model = build_pixelcam(spec, pretrained=None)
-    except ModelError as exc:
-        raise CheckpointError(f"{path}: cannot rebuild its model ({exc})") from exc
-    _load_state(path, model, state_dict)
-    return model.to(map_location).eval(), meta
+    return spec, meta, state_dict
 
 
 def _read(path: Path, map_location: str | torch.device) -> dict[str, Any]:
