@@ -1,13 +1,16 @@
 """Quality-control files for a tiled slide: thumbnail, mask, overlay and tissue outline.
 
-Written to ``<slide_id>.qc/`` beside the store (built under a temporary name, then renamed),
-so they can be opened without zarr: the PNGs in any viewer, the GeoJSON in QuPath.
+Written to ``<slide_id>.qc/`` beside the store, so they can be opened without zarr: the PNGs in
+any viewer, the GeoJSON in QuPath. They are built under a temporary name and moved into place
+only once their store is complete, so a killed run never leaves QC files that look finished
+beside a store that is not.
 """
 
 from __future__ import annotations
 
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,23 @@ TISSUE_CLASS = "Tissue"
 TISSUE_COLOR = (0, 160, 0)
 
 
-def write_qc(
+@dataclass(frozen=True)
+class StagedQC:
+    """QC files written under ``tmp``, waiting for their store to be complete."""
+
+    tmp: Path
+    final: Path
+    files: dict[str, str]  # names relative to the QC folder
+
+    def publish(self) -> None:
+        """Move the files into ``final`` (call once the store is complete)."""
+        replace_dir(self.tmp, self.final)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def stage_qc(
     qc_dir: Path,
     thumbnail: np.ndarray,
     mask: np.ndarray,
@@ -33,7 +52,7 @@ def write_qc(
     min_hole_um2: float,
     metadata: dict[str, str],
 ) -> dict[str, str]:
-    """Write the QC files; returns their names relative to ``qc_dir``."""
+    """Write the QC files under a temporary name beside ``qc_dir``; publish them later."""
     tmp = qc_dir.with_name(f"{qc_dir.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
@@ -59,13 +78,13 @@ def write_qc(
             for i, poly in enumerate(polygons)
         ]
         write_geojson(tmp / "tissue.geojson", features)
-        replace_dir(tmp, qc_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {
+    files = {
         "thumbnail": "thumbnail.png",
         "tissue_mask": "tissue_mask.png",
         "overlay": "tissue_overlay.png",
         "tissue_geojson": "tissue.geojson",
     }
+    return StagedQC(tmp, qc_dir, files)

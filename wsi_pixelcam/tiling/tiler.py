@@ -33,7 +33,7 @@ from wsi_pixelcam.store.patch_store import (
 )
 from wsi_pixelcam.tiling.grid import Grid, build_grid
 from wsi_pixelcam.tiling.patch_reader import iter_patches
-from wsi_pixelcam.tiling.qc import write_qc
+from wsi_pixelcam.tiling.qc import stage_qc
 from wsi_pixelcam.tiling.tissue import detect_tissue, read_thumbnail
 
 log = logging.getLogger(__name__)
@@ -215,7 +215,7 @@ def _tile_locked(
             cfg.labels,
             str(slide_path),
         )
-        qc_files = write_qc(
+        qc = stage_qc(  # published below, once the store is complete
             final.with_name(f"{slide_id}.qc"),
             thumb.rgb,
             mask,
@@ -225,6 +225,7 @@ def _tile_locked(
             min_hole_um2=cfg.tissue.min_hole_um2,
             metadata={"slide": slide_path.name, "frame": "qupath (level0 minus bounds offset)"},
         )
+        qc_files = qc.files
         writer = PatchStoreWriter(
             final,
             patch_px=cfg.patch_px,
@@ -289,7 +290,9 @@ def _tile_locked(
             )
         except BaseException:
             writer.abort()
+            qc.discard()
             raise
+        qc.publish()
         return TilingResult(
             slide_id,
             str(final),
