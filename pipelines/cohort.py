@@ -3,7 +3,7 @@
     python pipelines/cohort.py tile  --slides DIR        --out RUN [--annotations DIR]
     python pipelines/cohort.py train --manifest M.csv    --out RUN [--train-config Y]
     python pipelines/cohort.py infer --slides DIR        --out RUN --model RUN/model/...pt
-    python pipelines/cohort.py all   --manifest M.csv    --out RUN      # tile, train, infer
+    python pipelines/cohort.py all   --manifest M.csv    --out RUN      # tile, train, infer, report
 
 Every recipe takes --scheduler (an address like tcp://host:8786 or a scheduler JSON file;
 default: a LocalCluster of --workers processes), writes per-slide status tables
@@ -12,7 +12,8 @@ inputs, configs, package versions, timings and outcome counts of every step, app
 after run. Re-running skips finished slides and finished training stages.
 
 Layout of RUN: stores/ (patch stores, QC), model/ (checkpoints, metrics.jsonl), infer/
-(one folder per slide: heatmap.zarr, overlay.png, rois.geojson, tiles.geojson, summary.json).
+(one folder per slide: heatmap.zarr, overlay.png, rois.geojson, tiles.geojson, summary.json),
+report/ (after ``all``: the static HTML report, RUN/report/index.html).
 
 On SLURM or PBS, start the cluster with dask-jobqueue and pass its address, e.g.
 
@@ -134,7 +135,10 @@ def all_steps(args: argparse.Namespace) -> int:
     code = train(args)
     # infer the stores just made: same tiling as training, no second read of the slides
     stores = sorted(str(p) for p in (args.out / "stores").glob("*.zarr"))
-    return infer(args, stores) or code
+    code = infer(args, stores) or code
+    # the report shows whatever the steps left, failures included
+    report = ["report", str(args.out), "--out", str(args.out / "report")]
+    return _step(args.out, "report", report, None) or code
 
 
 def build_parser() -> argparse.ArgumentParser:

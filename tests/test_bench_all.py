@@ -86,6 +86,13 @@ def test_stitch_rows_compare_peak_rss_with_2_gib() -> None:
     assert rows[3].ratio == pytest.approx(2100 / 2048)
 
 
+def test_report_rows_bound_the_index_opening_by_2_s() -> None:
+    rows = bench_all.report_rows({"slides": 1000, "build_s": 8.5, "open_s": 0.6})
+    assert [r.measure for r in rows] == ["build for 1000 slides", "index opens"]
+    assert rows[1].ratio == pytest.approx(0.3) and rows[1].met == "yes"
+    assert len(bench_all.report_rows({"slides": 10, "build_s": 1.0, "open_s": None})) == 1
+
+
 def test_failed_row_keeps_the_last_stderr_line() -> None:
     row = bench_all.failed_row("infer", "Traceback:\n  x\nValueError: a | b\n\n", 1)
     assert row.error == "ValueError: a | b" and row.met == "no" and row.ratio is None

@@ -21,6 +21,9 @@ def test_demo_writes_valid_outputs(tmp_path):
     assert summary["complete"] is True
     assert set(summary["prediction"]["class_probs"]) == {"Epidermis", "background"}
     assert summary["rois"]["class"] == "Epidermis"
+    assert out["report"] == tmp_path / "report" / "index.html"
+    model_page = (tmp_path / "report" / "model.html").read_text()
+    assert "CMU-1-Small-Region" in out["report"].read_text() and "<svg" in model_page
 
 
 def test_demo_trains_with_the_cpu_recipe():

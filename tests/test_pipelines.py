@@ -68,8 +68,11 @@ def test_cohort_recipes_on_a_local_cluster(tmp_path):
         assert summary["rois"]["class"] == "tumor"  # the positive class, not "normal"
         validate_geojson_file(run / "infer" / slide / "rois.geojson")
     steps = json.loads((run / "run_manifest.json").read_text())["steps"]
-    assert [s["step"] for s in steps] == ["tile", "train", "infer"]
+    assert [s["step"] for s in steps] == ["tile", "train", "infer", "report"]
     assert steps[0]["outcomes"] == {"ok": 2} and all(s["exit_code"] == 0 for s in steps)
+    index = (run / "report" / "index.html").read_text()
+    assert 'href="slide-a.html"' in index and 'href="slide-b.html"' in index
+    assert (run / "report" / "model.html").is_file()
 
     # each recipe again on its own: finished work is skipped
     again = _recipe("tile", "--slides", str(slides), *common)

@@ -8,6 +8,7 @@ against the dermis.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,14 +25,15 @@ from wsi_pixelcam.inference.predict import InferenceModel
 from wsi_pixelcam.inference.stitch import overlay_png
 from wsi_pixelcam.labels import LabelSource
 from wsi_pixelcam.model.checkpoint import load_checkpoint
+from wsi_pixelcam.report.build import build_report
 from wsi_pixelcam.slide import open_slide
 from wsi_pixelcam.store.heatmap_store import open_heatmap
 from wsi_pixelcam.tiling import TilingResult, tile_slide
-from wsi_pixelcam.training.fit import TrainResult, train
+from wsi_pixelcam.training.fit import TrainResult, summary_dict, train
 from wsi_pixelcam.training.loop import ProgressFn
 
 StepFn = Callable[[str], None]
-"""Told the name of each step as it starts ("tile", "train", "infer")."""
+"""Told the name of each step as it starts ("tile", "train", "infer", "report")."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ def run_demo(
     on_step: StepFn | None = None,
     progress: ProgressFn | None = None,
 ) -> DemoResult:
-    """Tile -> train -> infer the bundled slide into ``out_dir`` (stores/, model/, infer/).
+    """Tile -> train -> infer -> report the bundled slide into ``out_dir`` (stores/, model/,
+    infer/, report/).
 
     Re-running skips the tiling and reuses finished training stages and outputs.
     """
@@ -93,6 +96,9 @@ def run_demo(
     training = train(cfg.train, [tiling.store_path], out / "model", progress=progress)
     seconds["train"] = time.perf_counter() - started
     assert training.model_path is not None  # all stages ran
+    (out / "model" / "train_summary.json").write_text(
+        json.dumps(summary_dict(training), indent=2) + "\n"
+    )  # as `wsi-pixelcam train` writes it: the report reads the chosen model from it
 
     step("infer")
     started = time.perf_counter()
@@ -114,4 +120,6 @@ def run_demo(
         "slide": bundled_example(),
         "annotation": bundled_annotation(),
     }
+    step("report")
+    outputs["report"] = build_report([out], out / "report").index
     return DemoResult(tiling, training, inference, outputs, seconds)

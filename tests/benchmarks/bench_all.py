@@ -24,6 +24,8 @@ Rows (ratio = value / bound; ``met`` is ``-`` where there is no target):
   infer   whole ``infer_slide`` (also heatmap, overlay, ROIs, GeoJSON) vs memory  report
   stitch  per slide side: stitching + finalise + ROIs + GeoJSON seconds           report
   stitch  per slide side: peak RSS MiB vs 2 GiB                                   <= 1.0
+  report  HTML report build seconds for 1,000 slide summaries                     report
+  report  index opening in headless Chromium vs 2 s (where Chromium is installed)  <= 1.0
 Throughputs are the best repeat of each mode. Quick sizes (16k px slide, 6 training steps,
 512 inference patches, one or two repeats) are noisy, and the tiler's fixed start-up costs
 weigh more on the smaller slide, so its ratio to direct reads comes out lower than at 20k px.
@@ -45,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("tile", "train", "infer", "stitch")
+BENCHMARKS = ("tile", "train", "infer", "stitch", "report")
 COLUMNS = ("benchmark", "measure", "value", "bound", "ratio", "target", "met")
 RSS_BOUND_MIB = 2048.0
 
@@ -189,6 +191,14 @@ def stitch_rows(data: list[dict[str, Any]]) -> list[Row]:
     return rows
 
 
+def report_rows(data: dict[str, Any]) -> list[Row]:
+    """Rows from ``bench_report.py --json``; no opening row where Chromium was missing."""
+    rows = [Row("report", f"build for {data['slides']} slides", data["build_s"], "s")]
+    if data["open_s"] is not None:
+        rows.append(Row("report", "index opens", data["open_s"], "s", 2.0, "2 s", AT_MOST_1))
+    return rows
+
+
 def failed_row(benchmark: str, stderr: str, returncode: int) -> Row:
     """The row of a benchmark that failed: the last non-empty stderr line, else the code."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
@@ -207,6 +217,7 @@ class Sizes:
     infer_n: int
     infer: tuple[str, ...]
     stitch_sides: tuple[int, ...]
+    report_slides: int = 1000
 
 
 FULL = Sizes(
@@ -250,6 +261,8 @@ def benches(out: Path, sizes: Sizes, device: str) -> dict[str, Bench]:
     infer += ["--work", str(out / f"infer-n{n}"), "--json", str(out / "infer.json")]
     sides = [str(side) for side in sizes.stitch_sides]
     stitch = [py, infer_py, "stitch", "--sides", *sides, "--json", str(out / "stitch.json")]
+    report = [py, str(HERE / "bench_report.py"), "--out", str(out / "report")]
+    report += ["--slides", str(sizes.report_slides), "--json", str(out / "report.json")]
     return {
         "tile": Bench("tile", [make_slide, tile], out / "tile.json", tile_rows),
         "train": Bench(
@@ -257,6 +270,7 @@ def benches(out: Path, sizes: Sizes, device: str) -> dict[str, Bench]:
         ),
         "infer": Bench("infer", [[*infer, *sizes.infer]], out / "infer.json", infer_rows),
         "stitch": Bench("stitch", [stitch], out / "stitch.json", stitch_rows),
+        "report": Bench("report", [report], out / "report.json", report_rows),
     }
 
 

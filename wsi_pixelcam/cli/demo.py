@@ -51,4 +51,5 @@ def run(args: argparse.Namespace) -> int:
         "Show measurement maps colours them as a heatmap. The training annotation is "
         f"{out['annotation']}."
     )
+    print(f"Report (open in a browser): {out['report']}")
     return EXIT_OK
