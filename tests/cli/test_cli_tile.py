@@ -191,3 +191,19 @@ def test_set_with_an_unknown_key_is_one_usage_line(tmp_path, slides, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["wsi-pixelcam: error: config: tissue.closing: unknown key"]
     assert not out.exists()  # refused before anything was written
+
+
+def test_second_run_on_the_same_output_fails_without_touching_the_first(tmp_path, slides, capsys):
+    from wsi_pixelcam.store.lock import StoreLock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "tile_status.csv").write_text("the first run's table\n")
+    with StoreLock(out / "tile_status"):  # as a live run holds it
+        assert main(["tile", str(slides["svs"]), "--out", str(out), "--workers", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    lock = out / "tile_status.lock"
+    assert f"{lock}: another run is writing tile outputs to {out} (pid" in err[0]
+    assert (out / "tile_status.csv").read_text() == "the first run's table\n"
+    assert not (out / "svs_slide.zarr").exists()

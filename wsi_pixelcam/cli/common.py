@@ -104,19 +104,25 @@ def collect_jobs(
 def run_and_report(
     name: str, fn: SlideFn, jobs: Sequence[SlideJob], args: argparse.Namespace
 ) -> int:
-    """Run ``fn`` over ``jobs`` on dask, write OUT/<name>_status.csv, print one line per failure."""
+    """Run ``fn`` over ``jobs`` on dask, write OUT/<name>_status.csv, print one line per failure.
+
+    One ``name`` run at a time per output directory (OUT/<name>_status.lock): a second one
+    fails at once instead of overwriting the first one's status table with its own.
+    """
     from wsi_pixelcam.batch import run_batch, write_status_table
     from wsi_pixelcam.cli.progress import SlideBars
+    from wsi_pixelcam.store.lock import StoreLock
     from wsi_pixelcam.store.outdir import ensure_writable_dir
 
     ensure_writable_dir(args.out)
-    quiet_cluster_logs(args.debug)
-    log.info("%s: %d slide(s) -> %s", name, len(jobs), args.out)
-    with SlideBars(len(jobs), disable=args.quiet) as bars:
-        outcomes = run_batch(
-            fn, jobs, scheduler=args.scheduler, workers=args.workers, progress=bars.callbacks()
-        )
-    table = write_status_table(args.out, name, outcomes)
+    with StoreLock(args.out / f"{name}_status", what=f"{name} outputs to {args.out}"):
+        quiet_cluster_logs(args.debug)
+        log.info("%s: %d slide(s) -> %s", name, len(jobs), args.out)
+        with SlideBars(len(jobs), disable=args.quiet) as bars:
+            outcomes = run_batch(
+                fn, jobs, scheduler=args.scheduler, workers=args.workers, progress=bars.callbacks()
+            )
+        table = write_status_table(args.out, name, outcomes)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
     for outcome in outcomes:
         if outcome.status == "skipped":

@@ -28,10 +28,11 @@ def _pid_alive(pid: int) -> bool:
 
 
 class StoreLock:
-    """Context manager holding ``<target>.lock`` while a store is written."""
+    """Context manager holding ``<target>.lock`` while a store (or ``what``) is written."""
 
-    def __init__(self, target: Path) -> None:
+    def __init__(self, target: Path, what: str = "this store") -> None:
         self.path = target.with_name(target.name + ".lock")
+        self.what = what
         self._held = False
 
     def acquire(self) -> None:
@@ -44,7 +45,7 @@ class StoreLock:
                     self.path.unlink(missing_ok=True)
                     continue
                 raise StoreError(
-                    f"{self.path}: another run is writing this store ({self._describe()}); "
+                    f"{self.path}: another run is writing {self.what} ({self._describe()}); "
                     "if none is running, delete the lock file"
                 ) from None
             with os.fdopen(fd, "w") as handle:
