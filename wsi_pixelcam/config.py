@@ -12,6 +12,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from wsi_pixelcam.cam_method import CamMethod
 from wsi_pixelcam.errors import ConfigError
 
 Backend = Literal["auto", "tiffslide", "openslide"]
@@ -135,7 +136,7 @@ class InferConfig(_Strict):
     write_tiles: bool = Field(True, description="also write per-patch tiles.geojson")
     tiles_gzip_over: int = Field(5000, ge=0, description="gzip tiles.geojson above this many")
     teacher_cam: bool = Field(False, description="also stitch the image head's CAM")
-    cam_method: Literal["cam", "gradcampp", "layercam"] = "cam"
+    cam_method: CamMethod = CamMethod.CAM
     chunk_px: int = Field(512, ge=16, le=8192, description="heatmap chunk side in pixels")
     overlay_alpha: float = Field(0.5, ge=0, le=1)
     tile: TileConfig = Field(default_factory=TileConfig)
@@ -284,7 +285,7 @@ class TeacherConfig(_Strict):
     """Stage 1, the CAM classifier, and stage 2, the CAM dump."""
 
     epochs: int = Field(20, ge=1)
-    cam_method: Literal["cam", "gradcampp", "layercam"] = "cam"
+    cam_method: CamMethod = CamMethod.CAM
     cam_checkpoint: Literal["best_loc", "best_cls", "last"] = Field(
         "best_loc",
         description="teacher checkpoint whose CAMs are dumped; best_loc falls back to "

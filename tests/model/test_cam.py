@@ -9,8 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
+from wsi_pixelcam.cam_method import CamMethod
 from wsi_pixelcam.errors import ModelError
-from wsi_pixelcam.model.cam import CAM_METHODS, compute_cam, minmax_normalise, upsample_map
+from wsi_pixelcam.model.cam import compute_cam, minmax_normalise, upsample_map
 from wsi_pixelcam.model.encoders import build_encoder
 from wsi_pixelcam.model.pixelcam import PixelCAM
 
@@ -34,7 +35,7 @@ def _manual_minmax(maps: torch.Tensor) -> torch.Tensor:
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("method", CAM_METHODS)
+@pytest.mark.parametrize("method", list(CamMethod))
 def test_maps_are_in_unit_range_at_feature_resolution(model, images, method) -> None:
     maps = compute_cam(model, images, torch.tensor([0, 1, 2]), method)
     assert maps.shape == (3, 4, 4)

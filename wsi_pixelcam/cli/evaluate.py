@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wsi_pixelcam.cam_method import CamMethod
 from wsi_pixelcam.cli.common import EXIT_OK, add_common
 from wsi_pixelcam.errors import ManifestError
 
@@ -35,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "<slide_id>.geojson to rasterise masks from, replacing those a store got at tile time "
         "(with --stores; stores tiled with --annotations need none)",
     )
-    ev.add_argument("--cam-method", default="cam", choices=("cam", "gradcampp", "layercam"))
+    ev.add_argument(
+        "--cam-method", default=CamMethod.CAM.value, choices=[m.value for m in CamMethod]
+    )
     ev.add_argument(
         "--threshold", type=float, help="ROI threshold for --heatmap (default: infer's)"
     )

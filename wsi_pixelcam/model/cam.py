@@ -7,36 +7,32 @@ only; the encoder runs once without a graph.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
+from wsi_pixelcam.cam_method import CamMethod
 from wsi_pixelcam.errors import ModelError
 from wsi_pixelcam.model.pixelcam import PixelCAM
-
-CamMethod = Literal["cam", "gradcampp", "layercam"]
-CAM_METHODS: tuple[str, ...] = ("cam", "gradcampp", "layercam")
 
 
 def compute_cam(
     model: PixelCAM,
     images: torch.Tensor,
     class_idx: int | torch.Tensor,
-    method: CamMethod = "cam",
+    method: CamMethod = CamMethod.CAM,
 ) -> torch.Tensor:
     """CAM of class ``class_idx`` (an int or one index per image) as (B, h, w) in [0, 1].
 
     Each map is min-max normalised on its own (a constant map becomes zeros); gradient CAMs
     are ReLU'd first. The caller chooses train/eval mode (use eval for a CAM dump).
     """
-    if method not in CAM_METHODS:
-        raise ModelError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
+    if method not in tuple(CamMethod):
+        raise ModelError(f"unknown CAM method {method!r}; choose one of {', '.join(CamMethod)}")
     with torch.no_grad():
         features = model.encoder(images)
     batch = features.shape[0]
     classes = torch.as_tensor(class_idx, device=features.device).long().expand(batch)
-    if method == "cam":
+    if method == CamMethod.CAM:
         weights = model.classifier.weight.detach()[classes]  # (B, C)
         maps = torch.einsum("bc,bchw->bhw", weights, features.float())
         return minmax_normalise(maps)
@@ -46,7 +42,7 @@ def compute_cam(
         score = logits.gather(1, classes[:, None]).sum()
         (grads,) = torch.autograd.grad(score, leaf)
     acts = leaf.detach()
-    if method == "layercam":
+    if method == CamMethod.LAYERCAM:
         maps = (F.relu(grads) * acts).sum(dim=1)
     else:
         maps = _gradcampp(acts, grads)

@@ -66,7 +66,7 @@ def dump_cams(
     checkpoint: str | Path,
     store_paths: Sequence[str | Path],
     *,
-    method: CamMethod = "cam",
+    method: CamMethod = CamMethod.CAM,
     batch_size: int = 32,
     num_workers: int = 0,
     device: torch.device | None = None,

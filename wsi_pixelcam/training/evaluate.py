@@ -92,7 +92,7 @@ def evaluate(
     *,
     val_store_paths: Sequence[str | Path] | None = None,
     eval_cfg: EvalConfig | None = None,
-    cam_method: CamMethod = "cam",
+    cam_method: CamMethod = CamMethod.CAM,
     annotations: Mapping[str | Path, str | Path] | None = None,
     batch_size: int = 32,
     num_workers: int = 0,
