@@ -16,7 +16,6 @@ import logging
 import math
 import multiprocessing
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from wsi_pixelcam.config import InferConfig
 from wsi_pixelcam.data.prefetch import prefetch
 from wsi_pixelcam.data.transforms import eval_input
 from wsi_pixelcam.errors import CheckpointError
+from wsi_pixelcam.model.amp import autocast
 from wsi_pixelcam.model.cam import compute_cam
 from wsi_pixelcam.model.checkpoint import CheckpointMeta
 from wsi_pixelcam.model.device import resolve_device
@@ -210,12 +210,7 @@ def _launch(
     """Queue one batch's forward pass and the copies of its outputs back to the host."""
     images = patches.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
     images = eval_input(images, int(meta.input_px), meta.mean, meta.std)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.float16)
-        if amp and device.type == "cuda"
-        else nullcontext()
-    )
-    with torch.inference_mode(), autocast:
+    with torch.inference_mode(), autocast(device, amp):
         out = network(images)
         class_probs = torch.softmax(out.image_logits.float(), dim=1)
         fg_maps = torch.softmax(out.pixel_logits.float(), dim=1)[:, 1]

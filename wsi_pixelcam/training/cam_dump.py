@@ -24,6 +24,7 @@ import torch
 from wsi_pixelcam.data.patch_dataset import PatchDataset, read_store_info
 from wsi_pixelcam.data.store_arrays import add_array, completed_record
 from wsi_pixelcam.data.transforms import EvalTransform
+from wsi_pixelcam.model.amp import autocast
 from wsi_pixelcam.model.cam import CamMethod, compute_cam
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.model.pixelcam import PixelCAM
@@ -136,7 +137,7 @@ def _dump_one(
         for step, batch in enumerate(loader, start=1):
             images = batch["image"].to(device)
             labels = batch["label"].to(device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
+            with autocast(device, amp):
                 if bool((labels < 0).any()):
                     with torch.no_grad():
                         predicted = model(images).image_logits.argmax(dim=1)

@@ -8,7 +8,6 @@ exactly the epoch an uninterrupted run would have made.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from wsi_pixelcam.config import OptimConfig, SeedsConfig
 from wsi_pixelcam.metrics import AccuracyAccumulator, LocalizationAccumulator
+from wsi_pixelcam.model.amp import autocast
 from wsi_pixelcam.model.cam import CamMethod, compute_cam, upsample_map
 from wsi_pixelcam.model.losses import pixelcam_loss
 from wsi_pixelcam.model.pixelcam import PixelCAM
@@ -114,12 +114,6 @@ def set_epoch_lr(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epoch: int)
     for group in optimizer.param_groups:
         group["lr"] = base * group["lr_mult"]
     return base
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[None]:
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -219,7 +213,7 @@ def train_epoch(
             seeds = seeder(batch["cam"], batch["label"], generator)
             seed_counts += np.bincount(seeds[seeds >= 0].numpy(), minlength=2)[:2]
             seeds = seeds.to(device)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             output = model(images)
         parts = pixelcam_loss(output, labels, seeds, lam, balanced_seeds=balanced_seeds)
         optimizer.zero_grad(set_to_none=True)
@@ -276,14 +270,14 @@ def evaluate_batches(
     for step, batch in enumerate(loader, start=1):
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"]
-        with torch.no_grad(), _autocast(device, amp):
+        with torch.no_grad(), autocast(device, amp):
             output = model(images)
         acc.update(output.image_logits.float().cpu().numpy(), labels.numpy())
         if pixel is not None and cam is not None:
             masks = batch["mask"].numpy()
             fg = PixelCAM.foreground_map(output.pixel_logits, size)
             pixel.update(fg.cpu().numpy(), masks)
-            with _autocast(device, amp):
+            with autocast(device, amp):
                 cams = compute_cam(model, images, labels.to(device), cam_method)
             cam.update(upsample_map(cams, size).clamp(0, 1).cpu().numpy(), masks)
         if report is not None:

@@ -24,6 +24,7 @@ from wsi_pixelcam.atomic_write import replaced_when_done
 from wsi_pixelcam.config import OptimConfig
 from wsi_pixelcam.data.patch_dataset import PatchDataset
 from wsi_pixelcam.errors import ConfigError, OutputError
+from wsi_pixelcam.model.amp import uses_amp
 from wsi_pixelcam.model.cam import CamMethod
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.model.pixelcam import PixelCAM
@@ -104,7 +105,7 @@ def run_stage(
     plan.stage_dir.mkdir(parents=True, exist_ok=True)
     model.to(plan.device)
     optimizer = make_optimizer(model, plan.optim)
-    scaler = torch.amp.GradScaler(plan.device.type, enabled=plan.amp and plan.device.type == "cuda")
+    scaler = torch.amp.GradScaler(plan.device.type, enabled=uses_amp(plan.device, plan.amp))
     bests: dict[str, Best | None] = {"cls": None, "loc": None}
     start = _resume(plan, model, optimizer, scaler, bests)
     if start:
