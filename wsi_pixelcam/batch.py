@@ -8,10 +8,13 @@ is recorded as a failure of that slide too.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
 import os
+import shutil
+import subprocess
 import threading
 import time
 import traceback
@@ -88,9 +91,35 @@ def worker_thread_env(workers: int) -> dict[str, str]:
     }
 
 
+def visible_gpus() -> tuple[str, ...]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` if set, else nvidia-smi's.
+
+    Asked without torch, so a tiling client stays light; no nvidia-smi means no GPU.
+    """
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        if shutil.which("nvidia-smi") is None:
+            return ()
+        query = ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"]
+        try:
+            listed = subprocess.run(query, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return ()
+        listed = listed.replace("\n", ",")
+    gpus = tuple(g.strip() for g in listed.split(",") if g.strip())
+    return () if gpus[:1] == ("-1",) else gpus  # "-1" is CUDA's "no device"
+
+
+def gpu_worker_envs(gpus: Sequence[str]) -> dict[str, dict[str, str]]:
+    """One local worker per GPU: worker name -> the environment pinning it to its GPU
+    (as its only visible device, so ``cuda`` in the worker is that GPU)."""
+    return {f"gpu{i}": {"CUDA_VISIBLE_DEVICES": gpu} for i, gpu in enumerate(gpus)}
+
+
 @contextmanager
 def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
-    """A client on ``scheduler`` (an address or a scheduler file) or on a new LocalCluster."""
+    """A client on ``scheduler`` (an address or a scheduler file) or on a new LocalCluster:
+    of ``workers`` processes, or on a GPU machine of one process per visible GPU."""
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -100,19 +129,32 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
         with Client(**kwargs) as client:
             yield client
         return
+    gpus = visible_gpus()
     with (
         LocalCluster(
-            n_workers=workers,
+            n_workers=0 if gpus else workers,  # GPU workers are added below, one per GPU
             threads_per_worker=1,
             processes=True,
             dashboard_address=":0",
             memory_limit=0,
             silence_logs=logging.ERROR,
-            env=worker_thread_env(workers),
+            env=worker_thread_env(len(gpus) or workers),
         ) as cluster,
         Client(cluster) as client,
     ):
+        if gpus:
+            _start_gpu_workers(cluster, client, gpus)
         yield client
+
+
+def _start_gpu_workers(cluster: Any, client: Any, gpus: Sequence[str]) -> None:
+    """Start the cluster's workers from its own worker spec, each with its GPU's environment."""
+    for name, env in gpu_worker_envs(gpus).items():
+        spec = copy.deepcopy(cluster.new_spec)
+        spec["options"]["env"] = {**spec["options"].get("env", {}), **env}
+        cluster.worker_spec[name] = spec
+    cluster.scale(len(gpus))
+    client.wait_for_workers(len(gpus))
 
 
 @dataclass

@@ -69,6 +69,13 @@ class LocalizationAccumulator:
                 self._at_eval_size(one_map, order=1), self._at_eval_size(one_mask > 0.5, order=0)
             )
 
+    def merge(self, other: LocalizationAccumulator) -> None:
+        """Add the counts of another part of the same evaluation (another rank's share)."""
+        if other.eval_px != self.eval_px:
+            raise DataError(f"cannot merge maps compared at {other.eval_px} and {self.eval_px} px")
+        self._fg_hist += other._fg_hist
+        self._bg_hist += other._bg_hist
+
     def update_pixels(self, values: np.ndarray, fg: np.ndarray) -> None:
         """Add pixels as they are, no resizing: ``values`` in [0, 1], ``fg`` boolean, same shape.
 
@@ -160,6 +167,11 @@ class AccuracyAccumulator:
             )
         self.correct += int((logits.argmax(axis=1) == labels).sum())
         self.total += len(labels)
+
+    def merge(self, other: AccuracyAccumulator) -> None:
+        """Add the counts of another part of the same evaluation (another rank's share)."""
+        self.correct += other.correct
+        self.total += other.total
 
     def accuracy(self) -> float:
         """Percent of correct top-1 predictions."""

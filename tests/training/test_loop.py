@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from wsi_pixelcam.training.distributed import EpochSampler, class_balance_weights
 from wsi_pixelcam.training.loop import make_loader
 
 
@@ -21,9 +22,11 @@ class _Labels(Dataset[dict[str, torch.Tensor]]):
 
 
 def _drawn(labels: np.ndarray, seed: int, balance: bool) -> torch.Tensor:
+    weights = class_balance_weights(labels) if balance else None
+    sampler = EpochSampler(len(labels), seed=seed, shuffle=True, weights=weights)
     loader = make_loader(
-        _Labels(labels), batch_size=50, shuffle=True, num_workers=0, seed=seed,
-        device=torch.device("cpu"), balance_labels=labels if balance else None,
+        _Labels(labels), batch_size=50, shuffle=False, num_workers=0, seed=seed,
+        device=torch.device("cpu"), sampler=sampler,
     )  # fmt: skip
     return torch.cat([batch["label"] for batch in loader])
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from wsi_pixelcam.cli.progress import EpochBars
     from wsi_pixelcam.config import TrainConfig, load_config
+    from wsi_pixelcam.training.distributed import process_group
     from wsi_pixelcam.training.fit import summary_dict, train
 
     overrides = {
@@ -46,11 +48,18 @@ def run(args: argparse.Namespace) -> int:
         **parse_overrides(args.overrides),
     }
     cfg = load_config(TrainConfig, args.config, overrides)
-    with EpochBars(disable=args.quiet) as bars:
-        result = train(
-            cfg, args.stores, args.out, stage=args.stage, val_store_paths=args.val_stores,
-            progress=bars.update,
-        )  # fmt: skip
+    # under torchrun (python -m torch.distributed.run / torchrun ... -m wsi_pixelcam train)
+    # every rank runs this; rank 0 alone logs progress, prints and writes the summary
+    with process_group(cfg.device) as context:
+        if not context.is_main:
+            logging.getLogger("wsi_pixelcam").setLevel(logging.WARNING)
+        with EpochBars(disable=args.quiet or not context.is_main) as bars:
+            result = train(
+                cfg, args.stores, args.out, stage=args.stage, val_store_paths=args.val_stores,
+                progress=bars.update, context=context,
+            )  # fmt: skip
+    if not context.is_main:
+        return EXIT_OK
     summary = summary_dict(result)
     (args.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"trained on {result.device}: stages {', '.join(result.stages)}; run in {args.out}")

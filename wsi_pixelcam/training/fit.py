@@ -40,6 +40,7 @@ from wsi_pixelcam.model.device import resolve_device
 from wsi_pixelcam.model.encoders import EncoderSpec, encoder_normalization
 from wsi_pixelcam.model.pixelcam import PixelCAM, PixelCAMSpec, build_pixelcam
 from wsi_pixelcam.training.cam_dump import CamDumpResult, cams_up_to_date, dump_cams, file_sha256
+from wsi_pixelcam.training.distributed import DistContext, single_process
 from wsi_pixelcam.training.loop import (
     ProgressFn,
     Seeder,
@@ -47,7 +48,7 @@ from wsi_pixelcam.training.loop import (
     epoch_seed,
     seed_everything,
 )
-from wsi_pixelcam.training.stage import StagePlan, StageResult, run_stage
+from wsi_pixelcam.training.stage import StageResult, StageRun, run_stage
 
 logger = logging.getLogger(__name__)
 
@@ -104,50 +105,46 @@ def train(
     stage: Stage | None = None,
     val_store_paths: Sequence[str | Path] | None = None,
     progress: ProgressFn | None = None,
+    context: DistContext | None = None,
 ) -> TrainResult:
     """Run all stages (``stage=None``) or one of them on ``store_paths``.
 
     Validation stores come from ``val_store_paths`` if given, else a slide-level split of
-    ``store_paths`` (``cfg.data.val_fraction``). Raises DataError for unusable stores,
-    ModelError for an unknown encoder, unfit weights or an absent GPU, CheckpointError when
-    a stage's input (teacher checkpoint) is missing.
+    ``store_paths`` (``cfg.data.val_fraction``). ``context`` is this process's rank in a
+    torchrun run (:func:`~wsi_pixelcam.training.distributed.process_group`); None trains in
+    this process alone on ``cfg.device``. Raises DataError for unusable stores, ModelError for
+    an unknown encoder, unfit weights or an absent GPU, CheckpointError when a stage's input
+    (teacher checkpoint) is missing, ConfigError for a batch the ranks cannot share.
     """
     if stage is not None and stage not in STAGES:
         raise ConfigError(f"stage={stage!r}: choose one of {', '.join(STAGES)}")
+    context = context or single_process(resolve_device(cfg.device))
+    context.per_rank_batch(cfg.optim.batch_size)  # refused before any work
+    progress = progress if context.is_main else None
     out = Path(out_dir)
     data = _prepare_data(cfg, store_paths, val_store_paths)
-    device = resolve_device(cfg.device)
     wanted = STAGES if stage is None else (stage,)
     seed_everything(cfg.seed)
     # built before anything is written: an unknown encoder or unfit weights leave no trace
     teacher_model = _teacher_model(cfg, data) if "teacher" in wanted else None
     out.mkdir(parents=True, exist_ok=True)
-    _fix_split(out / "split.json", data.summary)
-    _log_balance(data.summary)
+    if context.is_main:
+        _fix_split(out / "split.json", data.summary)
+        _log_balance(data.summary)
+    context.barrier()
     teacher = cams = pixelcam = None
     if teacher_model is not None:
-        teacher = _run_teacher(cfg, data, teacher_model, out, device, progress)
+        teacher = _run_teacher(cfg, data, teacher_model, out, context, progress)
     if "cams" in wanted:
-        cams = tuple(
-            dump_cams(
-                _cam_teacher(cfg, out),
-                [str(i.path) for i in data.train],
-                method=cfg.teacher.cam_method,
-                batch_size=cfg.optim.batch_size,
-                num_workers=cfg.data.num_workers,
-                device=device,
-                amp=cfg.amp,
-                progress=progress,
-            )
-        )
+        cams = _dump_cams(cfg, data, out, context, progress)
     if "pixelcam" in wanted:
-        pixelcam = _run_pixelcam(cfg, data, out, device, progress)
+        pixelcam = _run_pixelcam(cfg, data, out, context, progress)
     model_path = None
     if pixelcam is not None:
         chosen = pixelcam.best_loc if pixelcam.best_loc is not None else pixelcam.best_cls
         model_path = chosen.path
     return TrainResult(
-        out, str(device), wanted, data.summary, teacher, cams or (), pixelcam, model_path
+        out, str(context.device), wanted, data.summary, teacher, cams or (), pixelcam, model_path
     )
 
 
@@ -271,37 +268,6 @@ def _meta(cfg: TrainConfig, data: _Data, stage: Literal["teacher", "pixelcam"]) 
     )
 
 
-def _plan(
-    cfg: TrainConfig,
-    data: _Data,
-    out: Path,
-    device: torch.device,
-    name: Literal["teacher", "pixelcam"],
-    seeder: Seeder | None,
-) -> StagePlan:
-    section = cfg.teacher if name == "teacher" else cfg.pixelcam
-    return StagePlan(
-        name=name,
-        stage_dir=out / name,
-        metrics_path=out / "metrics.jsonl",
-        epochs=section.epochs,
-        optim=cfg.optim,
-        seeder=seeder,
-        lam=cfg.pixelcam.lam,
-        balanced_seeds=cfg.pixelcam.seeds.balance,
-        balance_classes=cfg.data.balance_classes,
-        cam_method=cfg.teacher.cam_method,
-        eval_px=cfg.eval.eval_px,
-        tau_metric=cfg.eval.tau_metric,
-        seed=cfg.seed,
-        num_workers=cfg.data.num_workers,
-        device=device,
-        amp=cfg.amp,
-        meta=_meta(cfg, data, name),
-        run_params=cfg.result_params(),
-    )
-
-
 def _datasets(
     cfg: TrainConfig, data: _Data, feature_hw: tuple[int, int], with_cam: bool
 ) -> tuple[PatchDataset, PatchDataset | None]:
@@ -341,13 +307,13 @@ def _run_teacher(
     data: _Data,
     model: PixelCAM,
     out: Path,
-    device: torch.device,
+    context: DistContext,
     progress: ProgressFn | None,
 ) -> StageResult:
     train_set, val_set = _datasets(cfg, data, (1, 1), with_cam=False)
-    plan = _plan(cfg, data, out, device, "teacher", None)
+    run = StageRun("teacher", cfg, out, _meta(cfg, data, "teacher"), context)
     return run_stage(
-        plan, model, train_set, val_set, val_has_masks=data.summary.val_has_masks, progress=progress
+        run, model, train_set, val_set, val_has_masks=data.summary.val_has_masks, progress=progress
     )
 
 
@@ -368,8 +334,33 @@ def _cam_teacher(cfg: TrainConfig, out: Path) -> Path:
     return _teacher_file(out, kind)
 
 
+def _dump_cams(
+    cfg: TrainConfig,
+    data: _Data,
+    out: Path,
+    context: DistContext,
+    progress: ProgressFn | None,
+) -> tuple[CamDumpResult, ...]:
+    """The teacher's CAMs into every training store; under torchrun each rank dumps its own
+    stores (balanced by patch count), so no two ranks ever write one store."""
+    stores = [str(i.path) for i in data.train]
+    mine = context.share_of([i.n_patches for i in data.train])
+    written = dump_cams(
+        _cam_teacher(cfg, out),
+        [stores[i] for i in mine],
+        method=cfg.teacher.cam_method,
+        batch_size=context.per_rank_batch(cfg.optim.batch_size),
+        num_workers=cfg.data.num_workers,
+        device=context.device,
+        amp=cfg.amp,
+        progress=progress,
+    )
+    by_store = {str(r.store): r for share in context.gather(written) for r in share}
+    return tuple(by_store[s] for s in stores)
+
+
 def _run_pixelcam(
-    cfg: TrainConfig, data: _Data, out: Path, device: torch.device, progress: ProgressFn | None
+    cfg: TrainConfig, data: _Data, out: Path, context: DistContext, progress: ProgressFn | None
 ) -> StageResult:
     cam_teacher = _cam_teacher(cfg, out)
     teacher_sha = file_sha256(cam_teacher)
@@ -395,9 +386,9 @@ def _run_pixelcam(
     fresh = _Data(data.summary, [read_store_info(i.path) for i in data.train], data.val)
     train_set, val_set = _datasets(cfg, fresh, (int(grid[-2]), int(grid[-1])), with_cam=True)
     seeder = Seeder.from_config(cfg.pixelcam.seeds, data.summary.class_names)
-    plan = _plan(cfg, data, out, device, "pixelcam", seeder)
+    run = StageRun("pixelcam", cfg, out, _meta(cfg, data, "pixelcam"), context, seeder)
     return run_stage(
-        plan, model, train_set, val_set, val_has_masks=data.summary.val_has_masks, progress=progress
+        run, model, train_set, val_set, val_has_masks=data.summary.val_has_masks, progress=progress
     )
 
 

@@ -16,20 +16,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from wsi_pixelcam.config import OptimConfig, SeedsConfig
 from wsi_pixelcam.metrics import AccuracyAccumulator, LocalizationAccumulator
 from wsi_pixelcam.model.amp import autocast
 from wsi_pixelcam.model.cam import CamMethod, compute_cam, upsample_map
-from wsi_pixelcam.model.losses import pixelcam_loss
+from wsi_pixelcam.model.losses import LossParts, pixelcam_loss
 from wsi_pixelcam.model.pixelcam import PixelCAM
 from wsi_pixelcam.model.seeds import (
+    IGNORE_INDEX,
     SeedConfig,
     augment_pair,
     draw_seeds,
     random_geometric_aug,
 )
+from wsi_pixelcam.training.distributed import DistContext, global_position, single_process
 
 logger = logging.getLogger(__name__)
 
@@ -64,22 +66,14 @@ def make_loader(
     seed: int,
     device: torch.device,
     drop_last: bool = False,
-    balance_labels: np.ndarray | None = None,
+    sampler: Sampler[int] | None = None,
 ) -> DataLoader[dict[str, torch.Tensor]]:
     """A DataLoader whose shuffle order and per-worker RNG follow ``seed``.
 
-    ``balance_labels`` (one class index per item) draws items with replacement, with
-    weights 1 / (count of their class), instead of shuffling: every class is seen equally
-    often, and an epoch keeps the dataset's length.
+    ``sampler`` (training's :class:`~wsi_pixelcam.training.distributed.EpochSampler`:
+    shuffled or class-balanced, this rank's share) replaces ``shuffle``.
     """
     generator = torch.Generator().manual_seed(seed)
-    sampler = None
-    if balance_labels is not None:
-        counts = np.bincount(balance_labels)
-        weights = 1.0 / counts[balance_labels]
-        sampler = WeightedRandomSampler(
-            weights.tolist(), len(balance_labels), replacement=True, generator=generator
-        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -171,14 +165,29 @@ class Seeder:
         return cls(seed_cfg, negative)
 
     def __call__(
-        self, cams: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+        self, cams: torch.Tensor, labels: torch.Tensor, generators: Sequence[torch.Generator]
     ) -> torch.Tensor:
+        """Seeds of each patch, drawn from its own generator (see :func:`sample_generator`)."""
         negative = torch.isin(labels, torch.tensor(self.negative_ids, dtype=labels.dtype))
-        return draw_seeds(cams, negative, self.config, generator)
+        return torch.cat(
+            [
+                draw_seeds(cams[i : i + 1], negative[i : i + 1], self.config, generator)
+                for i, generator in enumerate(generators)
+            ]
+        )
+
+
+def sample_generator(seed: int, position: int) -> torch.Generator:
+    """The generator of the seeds of the patch at ``position`` in an epoch's order.
+
+    Drawn per position, not from one stream per batch, so a patch gets the same seeds
+    whichever rank trains it and however the global batch is split.
+    """
+    return torch.Generator().manual_seed((seed * 1_000_003 + position) % 2**63)
 
 
 def train_epoch(
-    model: PixelCAM,
+    model: torch.nn.Module,
     loader: Iterable[dict[str, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -190,16 +199,18 @@ def train_epoch(
     seed: int,
     balanced_seeds: bool = False,
     report: Callable[[int, int], None] | None = None,
+    context: DistContext | None = None,
 ) -> EpochStats:
     """One pass over ``loader``; ``seeder`` None trains the image head only (the teacher).
 
     ``balanced_seeds`` weighs foreground and background seeds equally in the pixel loss.
 
     ``loader`` is a DataLoader, or any iterable of the batches one yields (a benchmark feeds
-    batches held in memory).
+    batches held in memory). ``model`` is a PixelCAM, or one wrapped in
+    DistributedDataParallel with ``context`` its rank: the stats are then over all ranks.
     """
+    context = context or single_process(device)
     model.train()
-    generator = torch.Generator().manual_seed(seed)
     sums = np.zeros(3)
     seed_counts = np.zeros(2, dtype=np.int64)  # background, foreground: how lopsided they are
     accuracy = AccuracyAccumulator()
@@ -208,31 +219,54 @@ def train_epoch(
     for step, batch in enumerate(loader, start=1):
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
+        n = len(labels)
         seeds = None
         if seeder is not None:
-            seeds = seeder(batch["cam"], batch["label"], generator)
+            generators = [
+                sample_generator(seed, global_position(step - 1, i, n, context)) for i in range(n)
+            ]
+            seeds = seeder(batch["cam"], batch["label"], generators)
             seed_counts += np.bincount(seeds[seeds >= 0].numpy(), minlength=2)[:2]
             seeds = seeds.to(device)
         with autocast(device, amp):
             output = model(images)
         parts = pixelcam_loss(output, labels, seeds, lam, balanced_seeds=balanced_seeds)
+        if seeds is not None and not balanced_seeds and context.is_distributed:
+            parts = _pixel_term_over_global_batch(parts, lam, seeds, context)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(parts.total).backward()
         scaler.step(optimizer)
         scaler.update()
-        n = len(labels)
         sums += n * np.array([parts.total.item(), parts.image.item(), parts.pixel.item()])
         accuracy.update(output.image_logits.detach().float().cpu().numpy(), labels.cpu().numpy())
         if report is not None:
             report(step, total)
     if accuracy.total == 0:
         raise RuntimeError("the training loader yielded no batch")
-    seconds = time.perf_counter() - started
-    loss, image_loss, pixel_loss = (sums / accuracy.total).tolist()
+    seconds = context.max(time.perf_counter() - started)
+    *loss_sums, correct, n_patches, seeds_bg, seeds_fg = context.sum(
+        [*sums, accuracy.correct, accuracy.total, *seed_counts]
+    )
+    loss, image_loss, pixel_loss = (np.array(loss_sums) / n_patches).tolist()
     return EpochStats(
-        loss, image_loss, pixel_loss, accuracy.accuracy(), accuracy.total, seconds,
-        int(seed_counts[1]), int(seed_counts[0]),
+        loss, image_loss, pixel_loss, 100.0 * correct / n_patches, int(n_patches), seconds,
+        int(seeds_fg), int(seeds_bg),
     )  # fmt: skip
+
+
+def _pixel_term_over_global_batch(
+    parts: LossParts, lam: float, seeds: torch.Tensor, context: DistContext
+) -> LossParts:
+    """Rescale a rank's pixel term so DDP's gradient average is the global batch's.
+
+    The partial CE averages over the seeds of the batch; a rank's share of the batch holds
+    its own count, so its average is reweighted by world_size x (its seeds / all seeds).
+    (Balanced seeds average per kind and stay per rank: close, not equal.)
+    """
+    mine = float((seeds != IGNORE_INDEX).sum())
+    everyone = context.sum([mine])[0]
+    pixel = parts.pixel * (context.world_size * mine / everyone if everyone else 0.0)
+    return LossParts(parts.image + lam * pixel, parts.image, pixel)
 
 
 @dataclass
@@ -242,6 +276,18 @@ class EvalAccumulators:
     accuracy: AccuracyAccumulator
     pixel: LocalizationAccumulator | None
     cam: LocalizationAccumulator | None
+
+    @staticmethod
+    def combined(shards: Sequence[EvalAccumulators]) -> EvalAccumulators:
+        """One pass's counts from the passes over its shares (one per rank)."""
+        first, *rest = shards
+        for shard in rest:
+            first.accuracy.merge(shard.accuracy)
+            if first.pixel is not None and shard.pixel is not None:
+                first.pixel.merge(shard.pixel)
+            if first.cam is not None and shard.cam is not None:
+                first.cam.merge(shard.cam)
+        return first
 
 
 def evaluate_batches(

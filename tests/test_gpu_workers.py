@@ -1,0 +1,59 @@
+"""One local dask worker per visible GPU, each seeing only its own; CPU machines unchanged.
+
+The cluster test runs real dask workers on this CPU machine: a worker's GPU is an environment
+variable it starts with, so pinning is checked without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from wsi_pixelcam.batch import dask_client, gpu_worker_envs, visible_gpus
+
+
+def test_each_gpu_gets_one_worker_that_sees_only_it() -> None:
+    assert gpu_worker_envs(["0", "1", "3"]) == {
+        "gpu0": {"CUDA_VISIBLE_DEVICES": "0"},
+        "gpu1": {"CUDA_VISIBLE_DEVICES": "1"},
+        "gpu2": {"CUDA_VISIBLE_DEVICES": "3"},
+    }
+    assert gpu_worker_envs([]) == {}
+
+
+@pytest.mark.parametrize(
+    ("listed", "gpus"),
+    [
+        ("0,1", ("0", "1")),
+        (" 2, 5 ,", ("2", "5")),
+        ("GPU-a1b2", ("GPU-a1b2",)),
+        ("", ()),
+        ("-1", ()),
+    ],
+)
+def test_visible_gpus_follow_cuda_visible_devices(
+    listed: str, gpus: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+    assert visible_gpus() == gpus
+
+
+def _seen() -> str | None:
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_local_cluster_starts_one_pinned_worker_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with dask_client(None, workers=5) as client:
+        seen = client.run(_seen)
+    assert sorted(seen.values()) == ["0", "1"]  # 2 GPUs: 2 workers, not --workers 5
+
+
+def test_without_gpus_the_cluster_has_the_workers_asked_for(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with dask_client(None, workers=2) as client:
+        seen = client.run(_seen)
+    assert list(seen.values()) == ["", ""]
