@@ -61,3 +61,13 @@ def make_store(
         slide_id=slide_id or path.stem,
         mpp=mpp,
     )
+
+
+def damage_first_shard(store):
+    """Flip bytes in the patches' first shard, as a bad disk or a cut copy would."""
+    shard = next(
+        p for p in sorted((store / "patches").rglob("*")) if p.is_file() and p.name != "zarr.json"
+    )
+    data = bytearray(shard.read_bytes())
+    data[-16:] = bytes(16)  # the shard index and its checksum
+    shard.write_bytes(bytes(data))

@@ -1,9 +1,10 @@
 """``wsi-pixelcam train`` in-process: a tiny real run, and bad input answered in one line."""
 
 import json
+import shutil
 
 import pytest
-from storegen import make_store
+from storegen import damage_first_shard, make_store
 
 from wsi_pixelcam.cli import main
 
@@ -58,3 +59,15 @@ def test_missing_store_is_one_line(tmp_path, tiny_train_config, capsys):
     argv = ["train", "--stores", str(missing), "--out", str(tmp_path / "run")]
     assert main([*argv, "--config", str(tiny_train_config)]) == 1
     assert f"{missing}: no such patch store" in _one_error_line(capsys)
+
+
+def test_damaged_shard_read_in_a_loader_worker_is_one_line(tmp_path, trained_run, capsys):
+    stores = [tmp_path / s.name for s in trained_run.stores]
+    for source, copy in zip(trained_run.stores, stores, strict=True):
+        shutil.copytree(source, copy)
+        damage_first_shard(copy)
+    argv = ["train", "--stores", *map(str, stores), "--out", str(tmp_path / "run")]
+    argv += ["--config", str(trained_run.config), "--set", "data.num_workers=1", "-q"]
+    assert main(argv) == 1
+    line = _one_error_line(capsys)  # not the worker's traceback torch appends
+    assert "is damaged" in line and "re-tile the slide with --overwrite" in line

@@ -44,8 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WsiPixelcamError as exc:
         if args.debug:
             raise
-        print(f"wsi-pixelcam: error: {exc}", file=sys.stderr)
+        print(f"wsi-pixelcam: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, USAGE_ERRORS) else EXIT_FAILED
     except KeyboardInterrupt:
         print("wsi-pixelcam: interrupted; re-run the same command to finish", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: WsiPixelcamError) -> str:
+    """The error's message; one raised in a DataLoader worker comes back with the worker's
+    traceback appended, whose last line ("module.Class: message") holds the original."""
+    text = str(exc)
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    return last.split(": ", 1)[-1]

@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 from wsi_pixelcam.data.transforms import Transform
 from wsi_pixelcam.errors import DataError
 from wsi_pixelcam.store import PatchStore, open_patch_store
+from wsi_pixelcam.store.damaged_chunks import read_rows
 
 UNLABELLED = -1
 
@@ -313,7 +314,7 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         store_index, patch_index = (int(v) for v in self.items[index])
         arrays = self._open(store_index)
-        patch = np.asarray(arrays["patches"][patch_index])
+        patch = read_rows(arrays["patches"], patch_index, self.paths[store_index])
         cam = np.asarray(arrays["cams"][patch_index]) if self.with_cam else None
         image, out_cam = self.transform(patch, cam)
         sample = {

@@ -33,6 +33,7 @@ from wsi_pixelcam.model.cam import compute_cam
 from wsi_pixelcam.model.checkpoint import CheckpointMeta
 from wsi_pixelcam.model.device import resolve_device
 from wsi_pixelcam.model.pixelcam import PixelCAM
+from wsi_pixelcam.store.damaged_chunks import read_rows
 from wsi_pixelcam.store.patch_store import PatchStore, open_patch_store
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ class _StoreBatches(Dataset[tuple[int, torch.Tensor]]):
             self._patches = open_patch_store(self.path).patches
         start = index * self.batch_size
         stop = min(start + self.batch_size, self.n_patches)
-        return start, torch.from_numpy(np.ascontiguousarray(self._patches[start:stop]))
+        rows = read_rows(self._patches, slice(start, stop), self.path)
+        return start, torch.from_numpy(np.ascontiguousarray(rows))
 
 
 def _loader_workers(requested: int) -> int:
