@@ -6,7 +6,12 @@ import pytest
 
 from wsi_pixelcam.config import LabelConfig
 from wsi_pixelcam.errors import AnnotationError
-from wsi_pixelcam.labels import labels_from_annotations, labels_from_points, read_label_csv
+from wsi_pixelcam.labels import (
+    labels_from_annotations,
+    labels_from_points,
+    read_label_csv,
+    spellings,
+)
 
 
 def _polygon_feature(coords, classification):
@@ -96,3 +101,28 @@ def test_label_csv_needs_columns(tmp_path):
     path.write_text("slide,x,label\na,1,T\n")
     with pytest.raises(AnnotationError, match="lacks columns \\['y'\\]"):
         read_label_csv(path)
+
+
+def test_class_names_differing_only_in_case_are_one_class(tmp_path, caplog):
+    # "Tumor" covers patch 0, "tumor" patch 1: one class, spelled as labels.classes lists it
+    path = tmp_path / "a.geojson"
+    features = [
+        _polygon_feature([_square(0, 0, 100, 100)], "Tumor"),
+        _polygon_feature([_square(100, 0, 200, 100)], "tumor"),
+    ]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    out = labels_from_annotations(path, XY, 100.0, (1000, 1000), (0, 0), LabelConfig())
+    assert out.classes == ["background", "Tumor"] and out.labels.tolist() == [1, 1, 0, 0]
+    assert "['Tumor', 'tumor'] differ only in case" in caplog.text
+    cfg = LabelConfig(classes=["background", "TUMOR"])
+    out = labels_from_annotations(path, XY, 100.0, (1000, 1000), (0, 0), cfg)
+    assert out.classes == ["background", "TUMOR"] and out.labels.tolist() == [1, 1, 0, 0]
+    points = labels_from_points([(10, 10, "tumor")], XY, 100.0, cfg, "p.csv")
+    assert points.labels.tolist() == [1, -1, -1, -1]
+
+
+def test_spellings_prefer_the_configured_one():
+    assert spellings(["tumor", "Tumor", "normal"], ["TUMOR"]) == {
+        "tumor": "TUMOR", "Tumor": "TUMOR", "normal": "normal",
+    }  # fmt: skip
+    assert spellings(["tumor", "Tumor"]) == {"tumor": "Tumor", "Tumor": "Tumor"}  # sorted first

@@ -4,14 +4,15 @@ Annotation rule: a patch takes the class whose ROIs cover the largest fraction o
 fraction is at least ``min_coverage``; otherwise ``background_class`` (class 0) when set, else
 -1 (unlabelled). ``roi_coverage`` is the fraction of the patch covered by any annotated ROI and
 ``rois`` their union, from which tiling rasterises the patches' pixel masks for evaluation.
-Annotations are in QuPath's frame (level 0 minus the bounds offset).
+Annotations are in QuPath's frame (level 0 minus the bounds offset). Class names that differ
+only in case (``tumor`` in a manifest, ``Tumor`` in QuPath) are one class (:func:`spellings`).
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,40 @@ def unlabelled(n: int) -> PatchLabels:
     )
 
 
+def spellings(
+    names: Iterable[str], preferred: Iterable[str | None] = (), origin: str = "labels"
+) -> dict[str, str]:
+    """Each of ``names`` mapped to the one spelling of its class: names equal but for case are
+    one class. A spelling in ``preferred`` (the configured classes) wins, else the first in
+    sorted order; a class written several ways is logged once, naming every spelling."""
+    chosen: dict[str, str] = {}
+    for name in preferred:
+        if name is not None:
+            chosen.setdefault(name.casefold(), name)
+    seen: dict[str, set[str]] = {}
+    for name in sorted(set(names)):
+        seen.setdefault(name.casefold(), set()).add(name)
+        chosen.setdefault(name.casefold(), name)
+    for key, variants in seen.items():
+        if len(variants | {chosen[key]}) > 1:
+            log.warning(
+                "%s: class names %s differ only in case: one class, %r",
+                origin, sorted(variants | {chosen[key]}), chosen[key],
+            )  # fmt: skip
+    return {name: chosen[name.casefold()] for key in seen for name in seen[key]}
+
+
+def class_index(classes: Sequence[str], name: str) -> int:
+    """Index of ``name`` in ``classes``, ignoring case; -1 when absent."""
+    folded = [c.casefold() for c in classes]
+    key = name.casefold()
+    return folded.index(key) if key in folded else UNLABELLED
+
+
 def _class_list(found: Sequence[str], cfg: LabelConfig, origin: str) -> list[str]:
+    found = sorted(
+        set(spellings(found, [*(cfg.classes or ()), cfg.background_class], origin).values())
+    )
     if cfg.classes is not None:
         unknown = sorted(set(found) - set(cfg.classes))
         if unknown:
@@ -61,8 +95,9 @@ def roi_union(annotations: Sequence[Annotation], background_class: str | None) -
 
     Empty (all-zero masks) when every annotation is of the background class.
     """
+    background = background_class.casefold() if background_class else None
     return shapely.union_all(
-        [a.geometry for a in annotations if a.class_name and a.class_name != background_class]
+        [a.geometry for a in annotations if a.class_name and a.class_name.casefold() != background]
     )
 
 
@@ -78,13 +113,17 @@ def labels_from_annotations(
     annotations = [a for a in read_qupath_annotations(path) if a.class_name]
     if not annotations:
         raise AnnotationError(f"{path}: no classified area annotations to label patches from")
+    spelled = spellings(
+        [a.class_name for a in annotations if a.class_name],
+        [*(cfg.classes or ()), cfg.background_class],
+        str(path),
+    )
     by_class: dict[str, shapely.Geometry] = {}
     for ann in annotations:
         assert ann.class_name is not None
-        prev = by_class.get(ann.class_name)
-        by_class[ann.class_name] = (
-            ann.geometry if prev is None else shapely.union(prev, ann.geometry)
-        )
+        name = spelled[ann.class_name]
+        prev = by_class.get(name)
+        by_class[name] = ann.geometry if prev is None else shapely.union(prev, ann.geometry)
     frame = shapely.box(
         -frame_offset[0],
         -frame_offset[1],
@@ -164,7 +203,7 @@ def labels_from_points(
         if inside.size == 0:
             unmatched += 1
             continue
-        labels[inside[np.argmin(dx[inside] ** 2 + dy[inside] ** 2)]] = classes.index(name)
+        labels[inside[np.argmin(dx[inside] ** 2 + dy[inside] ** 2)]] = class_index(classes, name)
     if unmatched:
         log.warning("%s: %d label points fall on no kept patch", origin, unmatched)
     return PatchLabels(
@@ -176,7 +215,7 @@ def labels_from_slide_label(n: int, label: str, cfg: LabelConfig) -> PatchLabels
     """Every patch takes the slide's label (weak, slide-level supervision)."""
     classes = _class_list([label], cfg, "manifest")
     return PatchLabels(
-        np.full(n, classes.index(label), np.int16),
+        np.full(n, class_index(classes, label), np.int16),
         np.zeros(n, np.float32),
         classes,
         {"kind": "slide", "label": label},
