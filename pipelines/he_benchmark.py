@@ -24,9 +24,8 @@ from he_slides import TUMOUR_CLASS, BenchmarkSlide, he_benchmark_slides
 from wsi_pixelcam.config import InferConfig, TileConfig, TrainConfig, set_dotted
 from wsi_pixelcam.inference.evaluate_slide import evaluate_slide
 from wsi_pixelcam.inference.infer import infer_slide
-from wsi_pixelcam.inference.predict import InferenceModel
+from wsi_pixelcam.inference.predict import load_model
 from wsi_pixelcam.labels import LabelSource
-from wsi_pixelcam.model.checkpoint import load_checkpoint
 from wsi_pixelcam.store import open_patch_store
 from wsi_pixelcam.tiling.tiler import tile_slide
 from wsi_pixelcam.training.evaluate import evaluate
@@ -150,8 +149,7 @@ def run_row(
     pixel = evaluate(result.model_path, stores["test"], **common)
     teacher = evaluate(teacher_ckpt, stores["test"], **common)
     assert pixel.pixelcam is not None and teacher.cam is not None
-    network, meta = load_checkpoint(result.model_path)
-    model = InferenceModel(network, meta, result.model_path.name)
+    model = load_model(result.model_path)
     infer_cfg = InferConfig(device="cpu", num_workers=0, write_tiles=False)
     slide_scores = []
     for slide in slides["test"]:

@@ -2,8 +2,9 @@
 
 Only paths and small summaries cross process boundaries: each task opens its own slide.
 A task never raises: it returns a :class:`SlideOutcome` with the error class and message,
-so one bad slide cannot kill the batch. A worker that dies (a backend crashing in C code)
-is recorded as a failure of that slide too.
+so one bad slide cannot kill the batch. A worker that dies (a backend crashing in C code, or
+dask's nanny stopping it over its memory limit) is recorded as a failure of that slide too;
+the store lock it held names a dead process, which the next run takes over.
 """
 
 from __future__ import annotations
@@ -116,10 +117,23 @@ def gpu_worker_envs(gpus: Sequence[str]) -> dict[str, dict[str, str]]:
     return {f"gpu{i}": {"CUDA_VISIBLE_DEVICES": gpu} for i, gpu in enumerate(gpus)}
 
 
+WORKER_DEATHS_ALLOWED = 1
+"""Times a slide may take its worker down before it fails: once may be a neighbour's fault
+(the OOM killer picks any process), twice is the slide's."""
+
+
 @contextmanager
-def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
+def dask_client(
+    scheduler: str | None, workers: int, memory_limit: str | int = "auto"
+) -> Iterator[Any]:
     """A client on ``scheduler`` (an address or a scheduler file) or on a new LocalCluster:
-    of ``workers`` processes, or on a GPU machine of one process per visible GPU."""
+    of ``workers`` processes, or on a GPU machine of one process per visible GPU.
+
+    Local workers get dask's ``memory_limit`` ("auto": the machine's memory shared out), so a
+    slide that runs away is stopped by dask's nanny and fails alone, instead of growing until
+    the kernel kills the run.
+    """
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -131,12 +145,20 @@ def dask_client(scheduler: str | None, workers: int) -> Iterator[Any]:
         return
     gpus = visible_gpus()
     with (
+        dask.config.set(
+            {
+                "distributed.scheduler.allowed-failures": WORKER_DEATHS_ALLOWED,
+                # one slide per worker thread at a time: a worker's death then counts against
+                # the slide it was running, not one queued behind it
+                "distributed.scheduler.worker-saturation": 1.0,
+            }
+        ),
         LocalCluster(
             n_workers=0 if gpus else workers,  # GPU workers are added below, one per GPU
             threads_per_worker=1,
             processes=True,
             dashboard_address=":0",
-            memory_limit=0,
+            memory_limit=memory_limit,
             silence_logs=logging.ERROR,
             env=worker_thread_env(len(gpus) or workers),
         ) as cluster,
@@ -172,16 +194,20 @@ def run_batch(
     scheduler: str | None = None,
     workers: int = 2,
     progress: BatchProgress | None = None,
+    memory_limit: str | int = "auto",
 ) -> list[SlideOutcome]:
-    """Run ``fn`` over ``jobs``, one dask task per slide, and return outcomes in job order."""
-    from distributed import as_completed
+    """Run ``fn`` over ``jobs``, one dask task per slide, and return outcomes in job order.
+
+    ``memory_limit`` is per local worker (dask's notation: bytes, "4GiB", "auto").
+    """
+    from distributed import KilledWorker, as_completed
 
     progress = progress or BatchProgress()
     if not jobs:
         return []
     outcomes: dict[str, SlideOutcome] = {}
     lock = threading.Lock()
-    with dask_client(scheduler, max(1, min(workers, len(jobs)))) as client:
+    with dask_client(scheduler, max(1, min(workers, len(jobs))), memory_limit) as client:
 
         def on_event(event: Any) -> None:
             _, msg = event
@@ -197,7 +223,18 @@ def run_batch(
             job = futures[future]
             try:
                 outcome = future.result()
-            except Exception as exc:  # the worker died (e.g. a segfault inside a backend)
+            except KilledWorker:
+                outcome = SlideOutcome(
+                    job.slide_id,
+                    job.path,
+                    "failed",
+                    0.0,
+                    "KilledWorker",
+                    f"{job.path}: its worker process died {WORKER_DEATHS_ALLOWED + 1} times "
+                    "while processing it (over the worker memory limit, or a crash in a slide "
+                    "backend); the slide was skipped, the others went on",
+                )
+            except Exception as exc:  # the scheduler or connection failed for this task
                 outcome = SlideOutcome(
                     job.slide_id,
                     job.path,

@@ -21,10 +21,9 @@ from PIL import Image
 from wsi_pixelcam.config import DemoConfig, load_config
 from wsi_pixelcam.examples import bundled_annotation, bundled_example
 from wsi_pixelcam.inference.infer import InferResult, infer_slide
-from wsi_pixelcam.inference.predict import InferenceModel
+from wsi_pixelcam.inference.predict import load_model
 from wsi_pixelcam.inference.stitch import overlay_png
 from wsi_pixelcam.labels import LabelSource
-from wsi_pixelcam.model.checkpoint import load_checkpoint
 from wsi_pixelcam.report.build import build_report
 from wsi_pixelcam.slide import open_slide
 from wsi_pixelcam.store.heatmap_store import open_heatmap
@@ -102,11 +101,9 @@ def run_demo(
 
     step("infer")
     started = time.perf_counter()
-    network, meta = load_checkpoint(training.model_path)
     inference = infer_slide(
-        tiling.store_path, InferenceModel(network, meta, training.model_path.name), cfg.infer,
-        out / "infer",
-    )  # fmt: skip
+        tiling.store_path, load_model(training.model_path), cfg.infer, out / "infer"
+    )
     seconds["infer"] = time.perf_counter() - started
     slide_out = Path(inference.out_dir)
     outputs = {

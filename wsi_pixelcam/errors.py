@@ -59,3 +59,7 @@ class ModelError(WsiPixelcamError, ValueError):
 
 class DataError(WsiPixelcamError, ValueError):
     """Training or evaluation data is unusable (no labels, one class, mixed tiling...)."""
+
+
+class TilingMismatchError(DataError):
+    """A patch store was cut at another patch size or resolution than a model or run needs."""

@@ -16,6 +16,7 @@ from typing import Any
 
 from wsi_pixelcam.config import InferConfig, TileConfig
 from wsi_pixelcam.errors import ManifestError
+from wsi_pixelcam.slide.mpp import check_mpp_value
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def _job_from_row(manifest: Path, line: int, row: dict[str, str]) -> SlideJob:
             mpp = float(row["mpp"])
         except ValueError as exc:
             raise ManifestError(f"{manifest}:{line}: mpp {row['mpp']!r} is not a number") from exc
+        check_mpp_value(mpp, f"{manifest}:{line}: mpp")
     annotations = (row.get("annotations") or "").strip()
     return SlideJob(
         str(path),
@@ -249,13 +251,11 @@ def infer_job(
 ) -> tuple[str, str, dict[str, Any]]:
     """Infer one slide or patch store inside a dask worker (checkpoint and slide opened here)."""
     from wsi_pixelcam.inference.infer import infer_slide
-    from wsi_pixelcam.inference.predict import InferenceModel
-    from wsi_pixelcam.model.checkpoint import load_checkpoint
+    from wsi_pixelcam.inference.predict import load_model
 
-    network, meta = load_checkpoint(model_path)
     result = infer_slide(
         job.path,
-        InferenceModel(network, meta, Path(model_path).name),
+        load_model(model_path),
         cfg,
         out_dir,
         slide_id=job.slide_id,

@@ -53,7 +53,7 @@ def _peak_rss_mib() -> float:
 
 def write_store(path: Path, n: int, seed: int = 0) -> Path:
     """A patch store of ``n`` textured patches on a square grid (attrs as ``tile`` writes)."""
-    from wsi_pixelcam.store.patch_store import PatchStoreWriter
+    from wsi_pixelcam.store import PatchStoreMeta, PatchStoreWriter
 
     rng = np.random.default_rng(seed)
     pool = [
@@ -72,18 +72,24 @@ def write_store(path: Path, n: int, seed: int = 0) -> Path:
         x, y = (i % side) * patch0, (i // side) * patch0
         writer.append(np.roll(pool[i % 64], i, axis=1), (int(x), int(y)), 1.0)
     dims = [int(side * patch0), int(side * patch0)]
-    attrs = {
-        "slide_id": path.stem,
-        "slide": {"dimensions_level0": dims, "bounds_offset": [0, 0], "content_hash": "bench"},
-        "mpp": {"value": MPP0, "source": "benchmark"},
-        "tiling": {
-            "target_mpp": PATCH_MPP, "effective_mpp": PATCH_MPP, "patch_px": PATCH_PX,
-            "stride_px": PATCH_PX, "patch_level0": patch0, "stride_level0": patch0,
-        },
-        "created": "benchmark",
-    }  # fmt: skip
+    meta = PatchStoreMeta.model_validate(
+        {
+            "slide_id": path.stem,
+            "n_patches": n,
+            "slide": {
+                "path": "benchmark", "name": "benchmark", "backend": "benchmark",
+                "dimensions_level0": dims, "content_hash": "bench",
+            },
+            "mpp": {"value": MPP0, "x": MPP0, "y": MPP0, "source": "benchmark"},
+            "tiling": {
+                "target_mpp": PATCH_MPP, "effective_mpp": PATCH_MPP, "patch_px": PATCH_PX,
+                "stride_px": PATCH_PX, "patch_level0": patch0, "stride_level0": patch0,
+            },
+            "created": "benchmark",
+        }
+    )  # fmt: skip
     thumb = np.full((dims[1] // 32, dims[0] // 32, 3), 230, np.uint8)
-    return writer.finalize(attrs, thumbnail=thumb)
+    return writer.finalize(meta, thumbnail=thumb)
 
 
 def run_throughput(args: argparse.Namespace) -> dict:

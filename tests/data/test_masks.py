@@ -19,7 +19,7 @@ from wsi_pixelcam.errors import AnnotationError
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.model.encoders import build_encoder
 from wsi_pixelcam.model.pixelcam import PixelCAM
-from wsi_pixelcam.store import PatchStoreWriter, open_patch_store
+from wsi_pixelcam.store import PatchStoreMeta, PatchStoreWriter, open_patch_store
 from wsi_pixelcam.training.evaluate import evaluate
 
 OFFSET = (10, 20)  # the slide's bounds offset: QuPath's frame starts here
@@ -32,13 +32,25 @@ def _tiled_store(path: Path, patch_px: int = 32) -> Path:
     rng = np.random.default_rng(0)
     for xy in CORNERS:
         writer.append(rng.integers(0, 255, (patch_px, patch_px, 3), dtype=np.uint8), xy, 1.0)
-    attrs = {
-        "slide_id": path.stem,
-        "slide": {"bounds_offset": list(OFFSET)},
-        "tiling": {"effective_mpp": 0.5, "patch_px": patch_px, "patch_level0": 64},
-        "labels": {"classes": ["background", "tumour"], "rule": {"background_class": "background"}},
-    }
-    return writer.finalize(attrs, labels=np.array([1, 1, 0], np.int16))
+    meta = PatchStoreMeta.model_validate(
+        {
+            "slide_id": path.stem,
+            "n_patches": 3,
+            "slide": {
+                "path": "s.svs", "name": "s.svs", "backend": "tiffslide",
+                "dimensions_level0": [400, 400], "bounds_offset": list(OFFSET),
+            },
+            "mpp": {"value": 0.25, "x": 0.25, "y": 0.25, "source": "test"},
+            "tiling": {
+                "effective_mpp": 0.5, "patch_px": patch_px, "stride_px": patch_px,
+                "patch_level0": 64, "stride_level0": 64,
+            },
+            "labels": {
+                "classes": ["background", "tumour"], "rule": {"background_class": "background"}
+            },
+        }
+    )  # fmt: skip
+    return writer.finalize(meta, labels=np.array([1, 1, 0], np.int16))
 
 
 def _geojson(path: Path, boxes: dict[str, tuple[float, float, float, float]]) -> Path:
@@ -67,7 +79,7 @@ def test_masks_land_where_the_annotation_is(tmp_path: Path) -> None:
     assert masks[0][:, 16:].all() and not masks[0][:, :16].any()
     assert masks[1][:, :16].all() and not masks[1][:, 16:].any()
     assert not masks[2].any()
-    assert open_patch_store(store).attrs["masks"]["mask_px"] == 32
+    assert open_patch_store(store).derived_record("masks")["mask_px"] == 32
     far = _geojson(tmp_path / "far.geojson", {"Tumour": (5000, 5000, 5100, 5100)})
     with pytest.raises(AnnotationError, match="no annotation overlaps the patches"):
         add_masks_from_annotations(store, far)
@@ -79,7 +91,10 @@ def test_large_patches_get_masks_of_at_most_128_px(tmp_path: Path) -> None:
     geojson = _geojson(tmp_path / "a.geojson", {"Tumour": (x0, y0, x0 + 32, y0 + 64)})
     assert add_masks_from_annotations(store, geojson) == 1
     masks = open_patch_store(store).group["masks"][...]
-    assert masks.shape == (3, 128, 128) and open_patch_store(store).attrs["masks"]["mask_px"] == 128
+    assert (
+        masks.shape == (3, 128, 128)
+        and open_patch_store(store).derived_record("masks")["mask_px"] == 128
+    )
     assert masks[0][:, 64:].all() and masks.sum() == 128 * 64
 
 
@@ -106,5 +121,5 @@ def test_evaluate_rasterises_masks_from_annotations(tmp_path: Path) -> None:
     result = evaluate(ckpt, [store], annotations={store: geojson}, device="cpu")
     assert result.n_localised == 3 and result.pixelcam is not None
     # the annotations given replace the stored masks
-    assert open_patch_store(store).attrs["masks"]["path"] == str(geojson)
+    assert open_patch_store(store).derived_record("masks")["path"] == str(geojson)
     assert open_patch_store(store).group["masks"][...].sum() == 2 * 32 * 16

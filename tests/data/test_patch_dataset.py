@@ -26,7 +26,7 @@ from wsi_pixelcam.data.patch_dataset import (
     split_by_slide,
 )
 from wsi_pixelcam.data.transforms import EvalTransform
-from wsi_pixelcam.errors import DataError
+from wsi_pixelcam.errors import DataError, TilingMismatchError
 from wsi_pixelcam.store import open_patch_store
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -87,6 +87,18 @@ def test_classes_outside_the_configured_list_are_refused(stores: list[Path]) -> 
         global_class_names(infos, ["background", "normal"])
 
 
+def test_a_class_spelled_in_another_case_is_the_same_class(tmp_path: Path) -> None:
+    """``tumor`` from a manifest and ``Tumor`` from QuPath used to become two classes."""
+    lower = make_store(tmp_path / "a.zarr", n=2, classes=("normal", "tumor"), labels=[0, 1])
+    upper = make_store(tmp_path / "b.zarr", n=2, classes=("Normal", "Tumor"), labels=[1, 1])
+    infos = [read_store_info(lower), read_store_info(upper)]
+    names = global_class_names(infos)
+    assert names == ("Tumor", "normal")  # one spelling each: the first in sorted order
+    assert [global_labels(i, names).tolist() for i in infos] == [[1, 0], [0, 0]]
+    configured = global_class_names(infos, ["NORMAL", "TUMOR"])
+    assert [global_labels(i, configured).tolist() for i in infos] == [[0, 1], [1, 1]]
+
+
 def test_store_without_labels_is_refused(tmp_path: Path) -> None:
     path = make_store(tmp_path / "u.zarr", n=3, labels=[-1, -1, -1])
     with pytest.raises(DataError, match=r"u.zarr: no labelled patch"):
@@ -99,13 +111,13 @@ def test_tiling_mismatches_name_the_store_and_both_values(tmp_path: Path) -> Non
     c = read_store_info(make_store(tmp_path / "c.zarr", n=2, patch_px=48))
     near = read_store_info(make_store(tmp_path / "d.zarr", n=2, mpp=0.51))
     assert check_tiling([a, near]) == (0.5, 32)
-    with pytest.raises(DataError, match=r"b.zarr: tiled at 1 um/px, but the first store"):
+    with pytest.raises(TilingMismatchError, match=r"b.zarr: patches are at 1 um/px but the first"):
         check_tiling([a, b])
-    with pytest.raises(DataError, match=r"c.zarr: patches of 48 px, but the first store .* 32"):
+    with pytest.raises(TilingMismatchError, match=r"c.zarr: patches are 48 px but the first .* 32"):
         check_tiling([a, c])
-    with pytest.raises(DataError, match=r"a.zarr: tiled at 0.5 um/px, but the config has 0.25"):
-        check_tiling([a], mpp=0.25)
-    with pytest.raises(DataError, match=r"a.zarr: patches of 32 px, but the config has 64"):
+    with pytest.raises(TilingMismatchError, match=r"a.zarr: .* 0.5 um/px but the config .* 0.25"):
+        check_tiling([a], mpp=0.25, patch_px=32)
+    with pytest.raises(TilingMismatchError, match=r"a.zarr: patches are 32 px but the config"):
         check_tiling([a], patch_px=64)
     with pytest.raises(DataError, match="no patch stores"):
         check_tiling([])

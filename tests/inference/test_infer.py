@@ -25,6 +25,7 @@ import torch
 import zarr
 from PIL import Image
 from shapely.geometry import shape
+from storegen import make_store
 
 from wsi_pixelcam.config import InferConfig, TileConfig, load_config
 from wsi_pixelcam.errors import (
@@ -33,6 +34,7 @@ from wsi_pixelcam.errors import (
     ModelError,
     OutputError,
     StoreError,
+    TilingMismatchError,
 )
 from wsi_pixelcam.geo.qupath_rules import validate_geojson_file
 from wsi_pixelcam.inference import outputs
@@ -301,12 +303,33 @@ def test_unusable_inputs_fail_clearly(store_path, tmp_path):
         infer_slide(unfinished, _model(), _cfg(), tmp_path / "out")
     with pytest.raises(StoreError, match="no such patch store"):
         infer_slide(tmp_path / "missing.zarr", _model(), _cfg(), tmp_path / "out")
-    with pytest.raises(CheckpointError, match="64 px"):
+    with pytest.raises(TilingMismatchError, match="the model expects 64 px"):
         infer_slide(store_path, _model(patch_px=64), _cfg(), tmp_path / "out")
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     with pytest.raises(OutputError, match="cannot create output directory"):
         infer_slide(store_path, _model(), _cfg(), blocker / "out")
+
+
+def test_store_written_from_images_infers_like_a_slide(tmp_path):
+    """A WSOL-dataset store at the model's mpp and patch size gets every output (it used to
+    fail with KeyError: 'mpp'): its images sit side by side on a virtual slide."""
+    store = make_store(tmp_path / "glas.zarr", n=3, patch_px=tiny.PATCH_PX, mpp=tiny.MPP)
+    result = infer_slide(store, _model(), _cfg(threshold=0.5, output_mpp=4.0), tmp_path / "out")
+    assert result.status == "ok" and result.n_patches == 3 and result.n_rois == 1
+    heatmap = open_heatmap(tmp_path / "out" / "glas" / "heatmap.zarr")
+    width = 3 * tiny.PATCH_PX * tiny.MPP / 4.0  # three patches of 64 um at 4 um/px
+    assert heatmap.levels[0].shape[1:] == (16, width)
+    assert np.nanmin(heatmap.plane(0, 0)[:, :]) == pytest.approx(FG, abs=1e-3)
+
+
+def test_store_of_unknown_resolution_is_one_clear_error(tmp_path):
+    """It used to fail with TypeError: float() ... NoneType."""
+    store = make_store(tmp_path / "u.zarr", n=2, patch_px=tiny.PATCH_PX, mpp=None)
+    with pytest.raises(TilingMismatchError, match=r"u.zarr: patches are at unknown um/px"):
+        infer_slide(store, _model(), _cfg(), tmp_path / "out")
+    with pytest.raises(StoreError, match=r"u.zarr: .* does not know its resolution"):
+        infer_slide(store, _model(mpp=float("nan")), _cfg(), tmp_path / "out")
 
 
 def test_infer_job_loads_the_checkpoint_in_the_worker(store_path, tmp_path):

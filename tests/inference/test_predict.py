@@ -16,7 +16,7 @@ import torch
 
 from wsi_pixelcam.config import InferConfig, TileConfig
 from wsi_pixelcam.data.transforms import EvalTransform
-from wsi_pixelcam.errors import CheckpointError, ModelError
+from wsi_pixelcam.errors import ModelError, TilingMismatchError
 from wsi_pixelcam.inference import predict
 from wsi_pixelcam.inference.predict import InferenceModel, predict_store
 from wsi_pixelcam.model.cam import compute_cam
@@ -80,7 +80,7 @@ def test_without_teacher_cam_the_cam_array_is_empty(store_path):
 def test_a_store_tiled_otherwise_is_refused_naming_both_values(store_path, changes, words):
     store = open_patch_store(store_path)
     model = InferenceModel(tiny.random_model(), tiny.meta(**changes))
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(TilingMismatchError) as info:
         next(predict_store(store, model, InferConfig(num_workers=0)))
     for word in words:
         assert word in str(info.value)

@@ -5,9 +5,17 @@ import pytest
 import zarr
 
 from wsi_pixelcam.errors import StoreError
-from wsi_pixelcam.store import PatchStoreWriter, open_patch_store
+from wsi_pixelcam.store import PatchStoreMeta, PatchStoreWriter, open_patch_store
 from wsi_pixelcam.store.lock import StoreLock
+from wsi_pixelcam.store.meta import image_strip_meta
 from wsi_pixelcam.store.patch_store import shard_patches
+
+
+def _meta(n: int, patch_px: int) -> PatchStoreMeta:
+    return image_strip_meta(
+        slide_id="s", source="", n_patches=n, patch_px=patch_px, mpp=0.5, classes=(),
+        label_source={}, versions={}, created="",
+    )  # fmt: skip
 
 
 def _smooth_patches(n: int, p: int) -> np.ndarray:
@@ -26,7 +34,7 @@ def test_round_trip_and_atomic_rename(tmp_path, compression):
     for i, patch in enumerate(patches):
         writer.append(patch, (i * 32, 0), 1.0)
         assert not final.exists()  # nothing at the final name until complete
-    writer.finalize({"slide_id": "s"})
+    writer.finalize(_meta(10, 32))
     assert final.exists() and not list(tmp_path.glob("*.tmp-*"))
     store = open_patch_store(final)
     assert len(store) == 10 and store.coords[:, 0].tolist() == [i * 32 for i in range(10)]
@@ -43,7 +51,7 @@ def test_random_patch_read_touches_one_shard(tmp_path):
     writer = PatchStoreWriter(final, patch_px=32, capacity=9, shard_mib=0.01)
     for i, patch in enumerate(_smooth_patches(9, 32)):
         writer.append(patch, (i, 0), 1.0)
-    writer.finalize({})
+    writer.finalize(_meta(9, 32))
     assert shard_patches(32, 0.01) == 3
     shards = sorted(os.listdir(final / "patches" / "c"))
     assert len(shards) == 3  # 9 patches, 3 per shard file

@@ -51,7 +51,7 @@ def test_masks_match_the_annotated_rectangle(tmp_path, slides, layout, patch_px,
     store = open_patch_store(result.store_path)
     masks = store.group["masks"][...]
     assert masks.shape == (len(store), mask_px, mask_px) and masks.dtype == np.uint8
-    record = store.attrs["masks"]
+    record = store.derived_record("masks")
     assert record == {
         "source": "annotations", "path": str(geojson), "mask_px": mask_px, "complete": True
     }  # fmt: skip
@@ -75,7 +75,7 @@ def test_annotations_added_later_give_the_same_masks(tmp_path, slides):
     add_masks_from_annotations(result.store_path, geojson)
     later = open_patch_store(result.store_path)
     np.testing.assert_array_equal(later.group["masks"][...], at_tile_time)
-    assert later.attrs["masks"]["mask_px"] == 128
+    assert later.derived_record("masks")["mask_px"] == 128
 
 
 def test_background_only_annotations_tile_with_empty_masks(tmp_path, slides):
@@ -91,7 +91,7 @@ def test_other_label_sources_store_no_masks(tmp_path, slides):
     cfg = TileConfig(target_mpp=0.5, patch_px=128)
     result = tile_slide(slides["svs"], cfg, tmp_path, labels=LabelSource(slide_label="tumor"))
     store = open_patch_store(result.store_path)
-    assert not store.has("masks") and "masks" not in store.attrs
+    assert not store.has("masks") and store.derived_record("masks") is None
 
 
 def test_store_tiled_before_masks_were_kept_is_reused(tmp_path, slides):

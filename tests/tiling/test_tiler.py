@@ -41,9 +41,9 @@ def test_exact_patch_grid_per_format(tmp_path, slides, layout, name):
     assert _xy(store) == layout.expected_xy(256)
     assert store.patches.shape == (64, 128, 128, 3)
     assert np.all(store.tissue_frac == 1.0)
-    attrs = store.attrs
-    assert attrs["complete"] is True and attrs["mpp"]["value"] == pytest.approx(0.25)
-    assert attrs["tiling"]["resize_factor"] == pytest.approx(2.0)
+    meta = store.meta
+    assert meta.mpp is not None and meta.mpp.value == pytest.approx(0.25)
+    assert meta.tiling.resize_factor == pytest.approx(2.0)
     assert (tmp_path / f"{result.slide_id}.qc" / "tissue.geojson").exists()
 
 
@@ -64,8 +64,8 @@ def test_patch_pixels_are_the_slide_resampled_in_place(tmp_path, slides):
 def test_level_matching_target_is_read_without_resampling(tmp_path, slides, layout):
     cfg = TileConfig(target_mpp=1.0, patch_px=64)  # level 1 of the SVS is exactly 1.0 um/px
     store = open_patch_store(tile_slide(slides["svs"], cfg, tmp_path).store_path)
-    assert store.attrs["tiling"]["read_level"] == 1
-    assert store.attrs["tiling"]["resize_factor"] == 1.0
+    assert store.meta.tiling.read_level == 1
+    assert store.meta.tiling.resize_factor == 1.0
     assert _xy(store) == layout.expected_xy(256)
 
 
@@ -185,7 +185,7 @@ def test_corrupt_tile_skips_only_its_patches(tmp_path, slides):
     result = tile_slide(path, cfg, tmp_path / "out")
     store = open_patch_store(result.store_path)
     assert result.n_bad_patches == 1 and len(store) == 63
-    assert store.attrs["tiling"]["bad_patch_xy_level0"] == [[1536, 1024]]
+    assert store.meta.tiling.bad_patch_xy_level0 == ((1536, 1024),)
 
 
 def test_corrupt_region_above_threshold_fails_slide(tmp_path, slides):
@@ -199,9 +199,9 @@ def test_corrupt_region_above_threshold_fails_slide(tmp_path, slides):
 def test_cmu_slide_tiles_with_provenance(tmp_path, cmu_slide):
     result = tile_slide(cmu_slide, TileConfig(), tmp_path)
     store = open_patch_store(result.store_path)
-    attrs = store.attrs
-    assert result.n_patches > 20 and attrs["mpp"]["source"].startswith("backend property")
-    assert attrs["slide"]["content_hash"] and attrs["versions"]["zarr"]
+    meta = store.meta
+    assert meta.mpp is not None and meta.mpp.source.startswith("backend property")
+    assert result.n_patches > 20 and meta.slide.content_hash and meta.versions["zarr"]
     assert store.has("thumbnail") and store.has("tissue_mask")
     assert np.all(store.tissue_frac >= 0.5) and len(store) == result.n_patches
     tissue = json.loads((tmp_path / "CMU-1-Small-Region.qc" / "tissue.geojson").read_text())

@@ -42,7 +42,7 @@ def test_dump_matches_the_teachers_cams_and_leaves_the_store_alone(tmp_path: Pat
     store = open_patch_store(store_path)
     cams = store.group["cams"][...]
     assert cams.dtype == np.float16 and cams.shape == (6, 4, 4)
-    record = store.attrs["cams"]
+    record = store.derived_record("cams")
     assert record["teacher_sha256"] == file_sha256(teacher) and record["method"] == "gradcampp"
     assert np.array_equal(store.patches[...], patches_before)
     assert sorted(store.group.array_keys()) == [
@@ -91,7 +91,7 @@ def test_interrupted_dump_is_detected_and_redone(tmp_path: Path, monkeypatch) ->
     with pytest.raises(KeyboardInterrupt):
         dump_cams(teacher, [store_path], batch_size=4)
     assert completed_record(store_path, "cams") is None  # half a dump is never "complete"
-    assert open_patch_store(store_path).attrs["cams"]["complete"] is False
+    assert open_patch_store(store_path).derived_record("cams")["complete"] is False
     monkeypatch.setattr(cam_dump, "compute_cam", real)
     (result,) = dump_cams(teacher, [store_path], batch_size=4)
     assert result.status == "written"

@@ -122,10 +122,10 @@ def test_stores_that_do_not_fit_the_checkpoint_are_refused(tmp_path: Path) -> No
     with pytest.raises(DataError, match="no patch stores"):
         evaluate(ckpt, [])
     big = make_store(tmp_path / "big.zarr", n=2, patch_px=48)
-    with pytest.raises(DataError, match=r"big.zarr: patches of 48 px, but the checkpoint has 32"):
+    with pytest.raises(DataError, match=r"big.zarr: patches are 48 px but the model expects 32"):
         evaluate(ckpt, [big])
     coarse = make_store(tmp_path / "coarse.zarr", n=2, mpp=2.0)
-    with pytest.raises(DataError, match=r"coarse.zarr: tiled at 2 um/px"):
+    with pytest.raises(DataError, match=r"coarse.zarr: patches are at 2 um/px but the model"):
         evaluate(ckpt, [coarse])
     other = make_store(tmp_path / "o.zarr", n=2, classes=("normal", "tumour"), labels=[0, 1])
     with pytest.raises(DataError, match="class 'normal' is not in"):

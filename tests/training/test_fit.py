@@ -90,7 +90,7 @@ def test_all_stages_write_checkpoints_cams_metrics_and_split(full_run) -> None:
         assert store.has("cams") == has_cams
         if has_cams:
             assert store.group["cams"].shape == (16, 4, 4)
-            assert store.attrs["cams"]["complete"] is True
+            assert store.derived_record("cams")["complete"] is True
     assert result.model_path == out / "pixelcam" / "best_loc.pt"
 
 
@@ -175,9 +175,9 @@ def test_bad_inputs_fail_with_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"only one class \('tumour'\)"):
         train(_cfg(), one_class, out)
     coarse = make_store(tmp_path / "coarse.zarr", n=4, mpp=1.0)
-    with pytest.raises(DataError, match=r"coarse.zarr: tiled at 1 um/px"):
+    with pytest.raises(DataError, match=r"coarse.zarr: patches are at 1 um/px but the first store"):
         train(_cfg(), [*good, coarse], out)
-    with pytest.raises(DataError, match="patches of 32 px, but the config has 64 px"):
+    with pytest.raises(DataError, match="patches are 32 px but the config expects 64 px"):
         train(_cfg(data={"patch_px": 64}), good, out)
     with pytest.raises(ModelError, match="unknown encoder 'test_resnetx'; did you mean"):
         train(_cfg(model={"encoder": "test_resnetx"}), good, out, stage="teacher")

@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from wsi_pixelcam.examples import bundled_example
     from wsi_pixelcam.jobs import tile_job
     from wsi_pixelcam.labels import read_label_csv
+    from wsi_pixelcam.slide import check_mpp_value
 
     cfg = load_config(
         TileConfig,
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
             **parse_overrides(args.overrides),
         },
     )
+    if args.mpp is not None:
+        check_mpp_value(args.mpp, "--mpp")  # once, not once per slide
     inputs = list(args.inputs) + ([bundled_example()] if args.example else [])
     jobs = collect_jobs(args, inputs)
     points = None

@@ -31,17 +31,16 @@ def add_masks_from_annotations(store_path: str | Path, annotations: str | Path) 
     annotation touches the store's patches (another slide's file, or another frame).
     """
     store = open_patch_store(store_path)
-    attrs = store.attrs
-    tiling = attrs.get("tiling", {})
-    if "patch_level0" not in tiling:
+    meta = store.meta
+    if meta.from_images:
         raise DataError(
-            f"{store.path}: no tiling.patch_level0 in its attrs (not tiled from a slide); "
-            "annotations cannot be placed on its patches"
+            f"{store.path}: its patches were written from separate images, not cut from a "
+            "slide; annotations cannot be placed on them"
         )
-    patch_level0 = float(tiling["patch_level0"])
-    mask_px = mask_px_for(int(tiling["patch_px"]))
-    offset = attrs.get("slide", {}).get("bounds_offset", [0, 0])
-    background = attrs.get("labels", {}).get("rule", {}).get("background_class")
+    patch_level0 = meta.tiling.patch_level0
+    mask_px = mask_px_for(meta.tiling.patch_px)
+    offset = meta.slide.bounds_offset
+    background = (meta.labels.rule or {}).get("background_class")
     classified = [a for a in read_qupath_annotations(annotations) if a.class_name]
     if not classified:
         raise AnnotationError(f"{annotations}: no classified area annotation")

@@ -20,10 +20,9 @@ from torch.utils.data import Dataset
 
 from wsi_pixelcam.data.transforms import Transform
 from wsi_pixelcam.errors import DataError
-from wsi_pixelcam.store import PatchStore, open_patch_store
+from wsi_pixelcam.labels import UNLABELLED, class_index, spellings
+from wsi_pixelcam.store import PatchStore, PatchStoreMeta, open_patch_store
 from wsi_pixelcam.store.damaged_chunks import read_rows
-
-UNLABELLED = -1
 
 
 @dataclass(frozen=True)
@@ -31,13 +30,26 @@ class StoreInfo:
     """What training needs to know about one patch store, read once in the main process."""
 
     path: Path
-    slide_id: str
-    classes: tuple[str, ...]
+    meta: PatchStoreMeta
     labels: np.ndarray  # (N,) int16 in the store's own class order, -1 unlabelled
-    mpp: float | None
-    patch_px: int
     mask_px: int | None  # side of the stored ROI masks, None without masks
-    cams: dict[str, Any] | None  # the store's "cams" attrs record, if a dump was started
+    cams: dict[str, Any] | None  # the store's record of its "cams" array, if a dump was started
+
+    @property
+    def slide_id(self) -> str:
+        return self.meta.slide_id
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.meta.labels.classes
+
+    @property
+    def mpp(self) -> float | None:
+        return self.meta.patch_mpp
+
+    @property
+    def patch_px(self) -> int:
+        return self.meta.tiling.patch_px
 
     @property
     def n_patches(self) -> int:
@@ -52,18 +64,12 @@ def read_store_info(path: str | Path) -> StoreInfo:
     """Open ``path`` briefly and summarise it; StoreError if it is not a complete store,
     DataError if its masks do not fit its patches."""
     store = open_patch_store(path)
-    attrs = store.attrs
-    tiling = attrs.get("tiling", {})
-    mpp = tiling.get("effective_mpp")
     return StoreInfo(
         path=store.path,
-        slide_id=str(attrs.get("slide_id") or store.path.stem),
-        classes=tuple(store.classes),
+        meta=store.meta,
         labels=store.labels,
-        mpp=None if mpp is None else float(mpp),
-        patch_px=int(tiling.get("patch_px") or store.patches.shape[1]),
         mask_px=_mask_px(store),
-        cams=attrs.get("cams"),
+        cams=store.derived_record("cams"),
     )
 
 
@@ -90,41 +96,29 @@ def check_tiling(
     tolerance: float = 0.05,
     reference: str = "the config",
 ) -> tuple[float | None, int]:
-    """The stores' common (mpp, patch_px); DataError naming the first store that differs.
+    """The stores' common (mpp, patch_px); TilingMismatchError naming the first store that
+    differs (:meth:`PatchStoreMeta.check_fits`, the check eval and infer make too).
 
-    ``mpp``/``patch_px`` given (by ``reference``: the config, a checkpoint) must match too;
-    mpp within ``tolerance`` relative difference. A store of unknown mpp only mixes with
-    others of unknown mpp.
+    ``mpp``/``patch_px`` given (by ``reference``: the config, a model) must match too;
+    otherwise the first store is the reference.
     """
     if not infos:
         raise DataError("no patch stores given; pass the .zarr stores written by `tile`")
-    ref = infos[0]
-    want_mpp = ref.mpp if mpp is None else mpp
-    want_px = ref.patch_px if patch_px is None else patch_px
-    origin = f"the first store ({ref.path})" if mpp is None else reference
-    px_origin = f"the first store ({ref.path})" if patch_px is None else reference
+    first = infos[0]
+    first_text = f"the first store ({first.path})"
+    want_px = first.patch_px if patch_px is None else patch_px
+    want_mpp = first.mpp if mpp is None else mpp
     for info in infos:
-        if info.patch_px != want_px:
-            raise DataError(
-                f"{info.path}: patches of {info.patch_px} px, but {px_origin} has {want_px} px; "
-                "tile every slide with the same patch_px"
-            )
-        if not _same_mpp(info.mpp, want_mpp, tolerance):
-            raise DataError(
-                f"{info.path}: tiled at {_mpp_text(info.mpp)} um/px, but {origin} has "
-                f"{_mpp_text(want_mpp)} um/px; tile every slide at the same target_mpp"
-            )
+        # size, then resolution, each against whoever set it: the reference or the first store
+        info.meta.check_fits(
+            patch_px=want_px, mpp=info.mpp, tolerance=tolerance, where=info.path,
+            reference=first_text if patch_px is None else reference,
+        )  # fmt: skip
+        info.meta.check_fits(
+            patch_px=info.patch_px, mpp=want_mpp, tolerance=tolerance, where=info.path,
+            reference=first_text if mpp is None else reference,
+        )  # fmt: skip
     return want_mpp, want_px
-
-
-def _same_mpp(a: float | None, b: float | None, tolerance: float) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return abs(a - b) <= tolerance * max(a, b)
-
-
-def _mpp_text(mpp: float | None) -> str:
-    return "unknown" if mpp is None else f"{mpp:.4g}"
 
 
 def global_class_names(
@@ -138,7 +132,7 @@ def global_class_names(
     does not become a class nothing trains. DataError for a store without labels or a class
     outside ``classes``.
     """
-    names: list[str] = list(classes) if classes is not None else []
+    used_names: list[tuple[StoreInfo, str]] = []
     for info in infos:
         used = sorted(set(info.labels[info.labels >= 0].tolist()))
         if not used:
@@ -152,25 +146,26 @@ def global_class_names(
                 f"{info.path}: label {max(used)} but only {len(info.classes)} class names "
                 "in its attrs; re-tile it"
             )
-        for index in used:
-            name = info.classes[index]
-            if name in names:
-                continue
-            if classes is not None:
-                raise DataError(
-                    f"{info.path}: class {name!r} is not in data.classes {list(classes)}; "
-                    "add it or leave the store out"
-                )
-            names.append(name)
+        used_names += [(info, info.classes[index]) for index in used]
+    # names equal but for case are one class, spelled as data.classes does if it lists it
+    spelled = spellings([name for _, name in used_names], classes or (), "the stores")
+    names: list[str] = list(classes) if classes is not None else []
+    for info, name in used_names:
+        if spelled[name] in names:
+            continue
+        if classes is not None:
+            raise DataError(
+                f"{info.path}: class {name!r} is not in data.classes {list(classes)}; "
+                "add it or leave the store out"
+            )
+        names.append(spelled[name])
     return tuple(names) if classes is not None else tuple(sorted(names))
 
 
 def global_labels(info: StoreInfo, class_names: Sequence[str]) -> np.ndarray:
-    """The store's labels as indices into ``class_names`` (int64; -1 stays unlabelled)."""
-    lookup = np.array(
-        [class_names.index(c) if c in class_names else UNLABELLED for c in info.classes] + [-1],
-        dtype=np.int64,
-    )
+    """The store's labels as indices into ``class_names``, matched ignoring case (int64; -1
+    stays unlabelled)."""
+    lookup = np.array([class_index(class_names, c) for c in info.classes] + [-1], dtype=np.int64)
     labels = info.labels.astype(np.int64)
     return np.where(labels >= 0, lookup[labels], UNLABELLED)
 

@@ -3,7 +3,7 @@
 The store contract lets later stages add arrays (or replace ``masks``, which are derived from
 annotations whoever writes them) but never touch the patches, coords and labels tiling wrote. An
 addition is built under a temporary array name, renamed into place, and only then recorded
-as complete in the store's attrs (``attrs[name]``), so an interrupted write is seen as
+as complete in the store's record of it (:func:`record_derived`), so an interrupted write is seen as
 unfinished and redone, never read. The store's lock keeps two writers apart.
 """
 
@@ -18,14 +18,14 @@ import numpy as np
 from wsi_pixelcam.atomic_write import replace_dir
 from wsi_pixelcam.store import open_patch_store
 from wsi_pixelcam.store.lock import StoreLock
-from wsi_pixelcam.store.patch_store import json_safe, write_rows
+from wsi_pixelcam.store.patch_store import record_derived, write_rows
 
 
 def completed_record(store_path: str | Path, name: str) -> dict[str, Any] | None:
-    """The attrs record of array ``name`` if it was written to the end, else None."""
+    """The provenance record of array ``name`` if it was written to the end, else None."""
     store = open_patch_store(store_path)
-    record = store.attrs.get(name)
-    if isinstance(record, dict) and record.get("complete") is True and store.has(name):
+    record = store.derived_record(name)
+    if record is not None and record.get("complete") is True and store.has(name):
         return record
     return None
 
@@ -42,14 +42,14 @@ def add_array(
 ) -> None:
     """Write array ``name`` (N, ...) from ``blocks`` of (first row, rows) and record it.
 
-    ``record`` (JSON-safe) goes to ``attrs[name]`` with ``complete: true`` once the array is
+    ``record`` (JSON-safe) is stored as its provenance with ``complete: true`` once the array is
     in place; an existing array of that name is replaced.
     """
     path = Path(store_path)
     with StoreLock(path):
         group = open_patch_store(path, mode="r+").group
-        group.attrs[name] = {**json_safe(dict(record)), "complete": False}
+        record_derived(group, name, record, complete=False)
         partial = f"_{name}_partial"
         write_rows(group, partial, shape=shape, dtype=dtype, chunk_rows=chunk_rows, blocks=blocks)
         replace_dir(path / partial, path / name)
-        group.attrs[name] = {**json_safe(dict(record)), "complete": True}
+        record_derived(group, name, record, complete=True)

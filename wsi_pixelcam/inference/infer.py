@@ -27,27 +27,21 @@ from wsi_pixelcam.config import InferConfig
 from wsi_pixelcam.errors import ConfigError, ModelError, OutputError, StoreError
 from wsi_pixelcam.geo.geojson import write_geojson
 from wsi_pixelcam.inference import outputs
-from wsi_pixelcam.inference.predict import (
-    InferenceModel,
-    check_store_fits,
-    predict_store,
-)
-from wsi_pixelcam.inference.rois import extract_rois
+from wsi_pixelcam.inference.predict import InferenceModel, check_store_fits, predict_store
+from wsi_pixelcam.inference.rois import Roi, extract_rois
 from wsi_pixelcam.inference.settings import resolve_threshold, roi_index, tile_config
 from wsi_pixelcam.inference.stitch import Stitcher
 from wsi_pixelcam.inference.stitch_queue import StitchQueue
 from wsi_pixelcam.model.checkpoint import CheckpointMeta
-from wsi_pixelcam.store.heatmap_store import HeatmapStore, open_heatmap
+from wsi_pixelcam.store.heatmap_store import Heatmap, HeatmapStore, open_heatmap
 from wsi_pixelcam.store.lock import StoreLock
+from wsi_pixelcam.store.meta import PatchStoreMeta
 from wsi_pixelcam.store.outdir import ensure_writable_dir
-from wsi_pixelcam.store.patch_store import (
-    SCHEMA as PATCH_STORE_SCHEMA,
-)
 from wsi_pixelcam.store.patch_store import (
     TMP_MARK,
     PatchStore,
+    is_patch_store,
     open_patch_store,
-    read_store_attrs,
     remove_stale_temporaries,
     replace_dir,
 )
@@ -105,7 +99,7 @@ def infer_slide(
         slide_id, mpp_override,
     )  # fmt: skip
     tile_s = time.perf_counter() - tile_s
-    slide_id = slide_id or str(store.attrs.get("slide_id") or store.path.stem)
+    slide_id = slide_id or store.slide_id
     check_store_fits(store, model.meta, cfg.mpp_tolerance)
     params = {
         **cfg.output_params(),
@@ -176,8 +170,7 @@ def _open_or_tile(
     slide_id: str | None,
     mpp_override: float | None,
 ) -> PatchStore:
-    attrs = read_store_attrs(source) if source.is_dir() else None
-    if source.suffix == ".zarr" or (attrs or {}).get("schema") == PATCH_STORE_SCHEMA:
+    if source.suffix == ".zarr" or is_patch_store(source):
         return open_patch_store(source)
     result = tile_slide(
         source, tile_config(cfg, meta), stores_dir, slide_id=slide_id, mpp_override=mpp_override
@@ -187,13 +180,64 @@ def _open_or_tile(
 
 
 def _store_identity(store: PatchStore) -> dict[str, Any]:
-    attrs = store.attrs
     return {
         "path": str(store.path.resolve()),
-        "created": attrs.get("created"),
+        "created": store.meta.created,
         "n_patches": len(store),
-        "content_hash": attrs.get("slide", {}).get("content_hash"),
+        "content_hash": store.meta.slide.content_hash,
     }
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Where the store's patches sit on the slide, in the units the outputs need."""
+
+    mpp0: float  # level-0 um/px
+    width0: int
+    height0: int
+    bounds: tuple[int, int]  # the slide's bounds offset (QuPath's frame origin)
+    frame_offset: tuple[float, float]  # subtracted from level-0 coordinates in the GeoJSON
+    patch_level0: float
+    stride_level0: float
+
+
+def _geometry(store: PatchStore, cfg: InferConfig) -> _Geometry:
+    """The store's geometry; ConfigError/StoreError when no heatmap can be made from it."""
+    meta: PatchStoreMeta = store.meta
+    if meta.mpp_level0 is None or meta.patch_mpp is None:
+        raise StoreError(
+            f"{store.path}: the patch store does not know its resolution (um/px), so no heatmap "
+            "can be placed; write it with an mpp (or tile the slide file, passing --mpp)"
+        )
+    if cfg.output_mpp < meta.patch_mpp * (1 - 1e-6):
+        raise ConfigError(
+            f"output_mpp {cfg.output_mpp} is finer than the patches ({meta.patch_mpp:.4g} um/px); "
+            "the heatmap cannot be sharper than its input: raise output_mpp"
+        )
+    if len(store) == 0:
+        raise StoreError(f"{store.path}: the patch store holds no patches")
+    bounds = meta.slide.bounds_offset
+    width0, height0 = meta.slide.dimensions_level0
+    return _Geometry(
+        mpp0=meta.mpp_level0,
+        width0=width0,
+        height0=height0,
+        bounds=bounds,
+        frame_offset=(float(bounds[0]), float(bounds[1])) if cfg.frame == "qupath" else (0.0, 0.0),
+        patch_level0=meta.tiling.patch_level0,
+        stride_level0=meta.tiling.stride_level0,
+    )
+
+
+@dataclass(frozen=True)
+class _Predictions:
+    """Per-patch values (NaN where the model gave non-finite output) and the stitched maps."""
+
+    probs: np.ndarray  # (N, K)
+    fg_mean: np.ndarray  # (N,)
+    fg_max: np.ndarray  # (N,)
+    heatmap: Heatmap
+    n_nonfinite: int
 
 
 def _infer_into(
@@ -208,36 +252,101 @@ def _infer_into(
     progress: ProgressFn | None,
 ) -> dict[str, Any]:
     """Write every output but the summary into ``tmp``; return the summary."""
-    meta = model.meta
-    attrs = store.attrs
+    geometry = _geometry(store, cfg)
+    class_names = model.meta.class_names
+    channels = ["foreground"] + ([f"cam:{class_names[roi_index]}"] if cfg.teacher_cam else [])
+    class_channels = [f"prob:{c}" for c in class_names]
     timings: dict[str, float] = {}
-    mpp0 = float(attrs["mpp"]["value"])
-    width0, height0 = (int(v) for v in attrs["slide"]["dimensions_level0"])
-    bounds = tuple(float(v) for v in attrs["slide"].get("bounds_offset", (0, 0)))
-    offset = (bounds[0], bounds[1]) if cfg.frame == "qupath" else (0.0, 0.0)
-    patch_level0 = float(attrs["tiling"]["patch_level0"])
-    patch_mpp = float(attrs["tiling"]["effective_mpp"])
-    if cfg.output_mpp < patch_mpp * (1 - 1e-6):
-        raise ConfigError(
-            f"output_mpp {cfg.output_mpp} is finer than the patches ({patch_mpp:.4g} um/px); "
-            "the heatmap cannot be sharper than its input: raise output_mpp"
-        )
+    predicted = _predict_and_stitch(
+        tmp, store, model, cfg, geometry, channels, class_channels,
+        {"slide_id": slide_id, "model": model.name, **params}, roi_index, progress, timings,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    outputs.write_overlay(
+        tmp / "overlay.png", store, predicted.heatmap, geometry.width0, geometry.height0,
+        cfg.overlay_alpha,
+    )  # fmt: skip
+    timings["overlay"] = time.perf_counter() - t0
+    rois, message, tiles_name = _write_vectors(
+        tmp, store, model, cfg, geometry, predicted, slide_id, float(params["threshold"]),
+        roi_index, timings,
+    )  # fmt: skip
+    return {
+        "schema": outputs.SUMMARY_SCHEMA,
+        "schema_version": outputs.SUMMARY_VERSION,
+        "slide_id": slide_id,
+        "message": message,
+        "source": {
+            "store": str(store.path),
+            "n_patches": len(store),
+            "n_nonfinite_patches": predicted.n_nonfinite,
+        },
+        "model": {
+            "name": model.name,
+            "fingerprint": params["model_fingerprint"],
+            "class_names": list(class_names),
+            "mpp": model.meta.mpp,
+            "patch_px": model.meta.patch_px,
+        },
+        "prediction": outputs.slide_prediction(predicted.probs, store.tissue_frac, class_names),
+        "rois": {
+            "count": len(rois),
+            "total_area_um2": float(sum(r.area_um2 for r in rois)),
+            "class": class_names[roi_index],
+            "threshold": float(params["threshold"]),
+            "threshold_source": threshold_source,
+            "frame": _frame_text(cfg),
+        },
+        "heatmap": {
+            "mpp": cfg.output_mpp,
+            "shape_hw": list(predicted.heatmap.levels[0].shape[1:]),
+            "levels": len(predicted.heatmap.levels),
+            "channels": channels,
+            "window": cfg.window,
+            "class_probs_mpp": geometry.stride_level0 * geometry.mpp0,
+            "class_probs_channels": class_channels,
+        },
+        "files": {
+            "heatmap": "heatmap.zarr",
+            "class_probs": "class_probs.zarr",
+            "overlay": "overlay.png",
+            "rois": "rois.geojson",
+            "tiles": tiles_name,
+        },
+        "params": params,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "package_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "complete": True,
+    }
+
+
+def _predict_and_stitch(
+    tmp: Path,
+    store: PatchStore,
+    model: InferenceModel,
+    cfg: InferConfig,
+    geometry: _Geometry,
+    channels: list[str],
+    class_channels: list[str],
+    provenance: dict[str, Any],
+    roi_index: int,
+    progress: ProgressFn | None,
+    timings: dict[str, float],
+) -> _Predictions:
+    """Predict every patch; stitch foreground maps (and CAMs) and class probabilities into
+    heatmaps in background threads while the model runs."""
     n = len(store)
-    if n == 0:
-        raise StoreError(f"{store.path}: the patch store holds no patches")
-    channels = ["foreground"] + ([f"cam:{meta.class_names[roi_index]}"] if cfg.teacher_cam else [])
-    class_channels = [f"prob:{c}" for c in meta.class_names]
-    provenance = {"slide_id": slide_id, "model": model.name, **params}
     fg_stitcher = _stitcher(
-        tmp / "heatmap.zarr", attrs, cfg.output_mpp / mpp0, channels, provenance, cfg
+        tmp / "heatmap.zarr", geometry, cfg.output_mpp / geometry.mpp0, channels, provenance, cfg
     )
     # class probabilities are one value per patch: one heatmap pixel per grid stride
-    stride0 = float(attrs["tiling"].get("stride_level0", patch_level0))
     class_stitcher = _stitcher(
-        tmp / "class_probs.zarr", attrs, stride0, class_channels, provenance, cfg
-    )
-    coords, tissue = store.coords, store.tissue_frac
-    probs = np.full((n, len(meta.class_names)), np.nan, np.float32)
+        tmp / "class_probs.zarr", geometry, geometry.stride_level0, class_channels, provenance,
+        cfg,
+    )  # fmt: skip
+    coords = store.coords
+    probs = np.full((n, len(model.meta.class_names)), np.nan, np.float32)
     fg_mean = np.full(n, np.nan, np.float32)
     fg_max = np.full(n, np.nan, np.float32)
     t_predict = time.perf_counter()
@@ -268,35 +377,50 @@ def _infer_into(
             + ("; or float16 overflowed: try amp: false" if cfg.amp else "")
         )
     if n_bad:
-        logger.warning("%s: %d of %d patches predicted non-finite; left out", slide_id, n_bad, n)
+        logger.warning("%s: %d of %d patches predicted non-finite; left out", store.path, n_bad, n)
     t0 = time.perf_counter()
     heatmap = open_heatmap(fg_stitcher.finish())
     class_stitcher.finish()
     timings["finalize"] = time.perf_counter() - t0
+    return _Predictions(probs, fg_mean, fg_max, heatmap, n_bad)
+
+
+def _write_vectors(
+    tmp: Path,
+    store: PatchStore,
+    model: InferenceModel,
+    cfg: InferConfig,
+    geometry: _Geometry,
+    predicted: _Predictions,
+    slide_id: str,
+    threshold: float,
+    roi_index: int,
+    timings: dict[str, float],
+) -> tuple[list[Roi], str, str | None]:
+    """Trace ROIs from the heatmap into ``rois.geojson`` and, if asked, the per-patch
+    ``tiles.geojson``; return the ROIs, the message and the tiles file's name."""
     t0 = time.perf_counter()
-    outputs.write_overlay(tmp / "overlay.png", store, heatmap, width0, height0, cfg.overlay_alpha)
-    timings["overlay"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    threshold = float(params["threshold"])
     rois = extract_rois(
-        heatmap,
+        predicted.heatmap,
         threshold,
-        frame_offset_level0=offset,
+        frame_offset_level0=geometry.frame_offset,
         min_area_um2=cfg.min_area_um2,
         min_hole_um2=cfg.min_hole_um2,
         simplify_um=cfg.simplify_um,
     )
     timings["rois"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    roi_class = meta.class_names[roi_index]
+    class_names = model.meta.class_names
     metadata = {
         "model": model.name,
         "threshold": f"{threshold:g}",
-        "frame": "qupath (level-0 minus bounds offset)" if cfg.frame == "qupath" else "level0",
+        "frame": _frame_text(cfg),
         "mpp": f"{cfg.output_mpp:g}",
         "slide_id": slide_id,
     }
-    write_geojson(tmp / "rois.geojson", outputs.roi_features(rois, roi_class, metadata))
+    write_geojson(
+        tmp / "rois.geojson", outputs.roi_features(rois, class_names[roi_index], metadata)
+    )
     message = f"{len(rois)} ROI(s) at threshold {threshold:g}"
     if not rois:
         message = f"no foreground at threshold {threshold:g}: rois.geojson has no features"
@@ -304,84 +428,42 @@ def _infer_into(
     tiles_name = None
     if cfg.write_tiles:
         tiles = outputs.tile_features(
-            coords, patch_level0, probs, fg_mean, fg_max, tissue,
-            class_names=meta.class_names, roi_index=roi_index, frame_offset_level0=offset,
+            store.coords, geometry.patch_level0, predicted.probs, predicted.fg_mean,
+            predicted.fg_max, store.tissue_frac, class_names=class_names, roi_index=roi_index,
+            frame_offset_level0=geometry.frame_offset,
         )  # fmt: skip
         tiles_path = write_geojson(
             tmp / "tiles.geojson", tiles, gzip=len(tiles) > cfg.tiles_gzip_over
         )
         tiles_name = tiles_path.name
     timings["geojson"] = time.perf_counter() - t0
-    return {
-        "schema": outputs.SUMMARY_SCHEMA,
-        "schema_version": outputs.SUMMARY_VERSION,
-        "slide_id": slide_id,
-        "message": message,
-        "source": {"store": str(store.path), "n_patches": n, "n_nonfinite_patches": n_bad},
-        "model": {
-            "name": model.name,
-            "fingerprint": params["model_fingerprint"],
-            "class_names": list(meta.class_names),
-            "mpp": meta.mpp,
-            "patch_px": meta.patch_px,
-        },
-        "prediction": outputs.slide_prediction(probs, tissue, meta.class_names),
-        "rois": {
-            "count": len(rois),
-            "total_area_um2": float(sum(r.area_um2 for r in rois)),
-            "class": roi_class,
-            "threshold": threshold,
-            "threshold_source": threshold_source,
-            "frame": metadata["frame"],
-        },
-        "heatmap": {
-            "mpp": cfg.output_mpp,
-            "shape_hw": list(heatmap.levels[0].shape[1:]),
-            "levels": len(heatmap.levels),
-            "channels": channels,
-            "window": cfg.window,
-            "class_probs_mpp": stride0 * mpp0,
-            "class_probs_channels": class_channels,
-        },
-        "files": {
-            "heatmap": "heatmap.zarr",
-            "class_probs": "class_probs.zarr",
-            "overlay": "overlay.png",
-            "rois": "rois.geojson",
-            "tiles": tiles_name,
-        },
-        "params": params,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "package_version": __version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "complete": True,
-    }
+    return rois, message, tiles_name
+
+
+def _frame_text(cfg: InferConfig) -> str:
+    return "qupath (level-0 minus bounds offset)" if cfg.frame == "qupath" else "level0"
 
 
 def _stitcher(
     path: Path,
-    attrs: dict[str, Any],
+    geometry: _Geometry,
     level0_per_px: float,
     channels: list[str],
     provenance: dict[str, Any],
     cfg: InferConfig,
 ) -> Stitcher:
     """A stitcher into a new heatmap over the whole slide at ``level0_per_px``."""
-    width0, height0 = (int(v) for v in attrs["slide"]["dimensions_level0"])
-    bounds = attrs["slide"].get("bounds_offset", (0, 0))
     store = HeatmapStore.create(
         path,
-        (math.ceil(height0 / level0_per_px), math.ceil(width0 / level0_per_px)),
-        level0_per_px * float(attrs["mpp"]["value"]),
+        (math.ceil(geometry.height0 / level0_per_px), math.ceil(geometry.width0 / level0_per_px)),
+        level0_per_px * geometry.mpp0,
         level0_per_px=level0_per_px,
-        frame_offset_level0=(float(bounds[0]), float(bounds[1])),
+        frame_offset_level0=(float(geometry.bounds[0]), float(geometry.bounds[1])),
         chunk_px=cfg.chunk_px,
         n_channels=len(channels),
         provenance={**provenance, "channels": channels},
     )
-    return Stitcher(
-        store, patch_level0_px=float(attrs["tiling"]["patch_level0"]), window=cfg.window
-    )
+    return Stitcher(store, patch_level0_px=geometry.patch_level0, window=cfg.window)
 
 
 def _result_from_summary(

@@ -27,10 +27,9 @@ from torch.utils.data import DataLoader, Dataset
 from wsi_pixelcam.config import InferConfig
 from wsi_pixelcam.data.prefetch import prefetch
 from wsi_pixelcam.data.transforms import eval_input
-from wsi_pixelcam.errors import CheckpointError
 from wsi_pixelcam.model.amp import autocast
 from wsi_pixelcam.model.cam import compute_cam
-from wsi_pixelcam.model.checkpoint import CheckpointMeta
+from wsi_pixelcam.model.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.model.device import resolve_device
 from wsi_pixelcam.model.pixelcam import PixelCAM
 from wsi_pixelcam.store.damaged_chunks import read_rows
@@ -56,6 +55,13 @@ class InferenceModel:
         return digest.hexdigest()[:16]
 
 
+def load_model(path: str | Path) -> InferenceModel:
+    """The checkpoint at ``path`` ready for inference, named after its file for provenance;
+    CheckpointError naming the file when it is missing or not a wsi-pixelcam checkpoint."""
+    network, meta = load_checkpoint(path)
+    return InferenceModel(network, meta, Path(path).name)
+
+
 @dataclass(frozen=True)
 class PatchPredictions:
     """One batch: patches ``start .. start + B`` of the store, in store order.
@@ -72,22 +78,15 @@ class PatchPredictions:
 
 
 def check_store_fits(store: PatchStore, meta: CheckpointMeta, mpp_tolerance: float) -> None:
-    """Refuse a store cut at another resolution or patch size than the model was trained on."""
-    tiling = store.attrs.get("tiling", {})
-    patch_px = int(tiling.get("patch_px", -1))
-    store_mpp = float(tiling.get("effective_mpp", tiling.get("target_mpp", math.nan)))
-    if patch_px != meta.patch_px:
-        raise CheckpointError(
-            f"{store.path}: patches are {patch_px} px but the model was trained on "
-            f"{meta.patch_px} px patches; tile the slide with patch_px {meta.patch_px} "
-            "(or give infer the slide file, which tiles it to fit)"
-        )
-    if not abs(store_mpp - meta.mpp) <= mpp_tolerance * meta.mpp:
-        raise CheckpointError(
-            f"{store.path}: patches are at {store_mpp:.4g} um/px but the model was trained at "
-            f"{meta.mpp:.4g} um/px (tolerance {mpp_tolerance:.0%}); tile the slide with "
-            f"target_mpp {meta.mpp:.4g} (or give infer the slide file)"
-        )
+    """Refuse a store cut at another resolution or patch size than the model was trained on
+    (the check train and eval make: :meth:`PatchStoreMeta.check_fits`)."""
+    store.meta.check_fits(
+        patch_px=meta.patch_px,
+        mpp=meta.mpp,
+        tolerance=mpp_tolerance,
+        reference="the model",
+        where=store.path,
+    )
 
 
 class _StoreBatches(Dataset[tuple[int, torch.Tensor]]):
@@ -131,7 +130,7 @@ def predict_store(
     """Predict every patch of ``store`` in order, one :class:`PatchPredictions` per batch.
 
     ``cam_class`` is the class whose teacher CAM is computed when ``cfg.teacher_cam``.
-    Raises CheckpointError when the store does not fit the model.
+    Raises TilingMismatchError when the store does not fit the model.
     """
     check_store_fits(store, model.meta, cfg.mpp_tolerance)
     device = resolve_device(cfg.device)

@@ -19,7 +19,11 @@ from wsi_pixelcam.slide.base import SlideReader
 log = logging.getLogger(__name__)
 
 MPP_RANGE = (0.05, 20.0)
+"""Plausible level-0 um/px: a 100x objective gives about 0.1, an overview camera a few um."""
 MAX_XY_DISAGREEMENT = 0.05
+MAX_UPSAMPLING = 2.0
+"""How much finer than level 0 patches may be cut: 2x lets a 20x scan (0.5 um/px) feed a model
+trained at 40x; beyond that the patches hold no detail the slide has, only more pixels."""
 _UM_PER_UNIT = {2: 25_400.0, 3: 10_000.0}  # TIFF ResolutionUnit: 2 inch, 3 centimetre
 _SCREEN_DPI = {72.0, 96.0}  # writer defaults, not a scan resolution
 _OBJECTIVE_MPP_AT_10X = 1.0  # 10x ~ 1.0 um/px, 20x ~ 0.5, 40x ~ 0.25
@@ -46,8 +50,7 @@ def resolve_mpp(reader: SlideReader, override: float | None = None) -> Mpp:
     """Resolve and sanity-check level-0 MPP; raise MppError naming ``--mpp`` when unusable."""
     path = reader.path
     if override is not None:
-        if not override > 0:
-            raise MppError(f"{path}: --mpp must be positive, got {override}")
+        check_mpp_value(override, f"{path}: --mpp (or the manifest's mpp)")
         return Mpp(override, override, "user override")
     for candidate in (_from_properties(reader), _from_tiff_metadata(path), _from_objective(reader)):
         if candidate is not None:
@@ -61,6 +64,28 @@ def resolve_mpp(reader: SlideReader, override: float | None = None) -> Mpp:
         f"{path}: no microns-per-pixel in the slide metadata (no MPP property, resolution tags "
         "or objective power); pass it with --mpp (or an 'mpp' manifest column)"
     )
+
+
+def check_mpp_value(value: float, origin: str) -> None:
+    """MppError unless ``value`` is a plausible level-0 um/px; ``origin`` names where it was
+    given (an override is checked like metadata: a typo such as 500 for 0.5 would otherwise
+    ask for a grid 1,000 times the slide's size)."""
+    low, high = MPP_RANGE
+    if not low <= value <= high:
+        raise MppError(
+            f"{origin}: {value:g} um/px is not a plausible slide resolution (expected "
+            f"{low}-{high}; 40x scans are about 0.25, 20x about 0.5)"
+        )
+
+
+def check_target_mpp(path: Path, mpp: Mpp, target_mpp: float) -> None:
+    """MppError when patches would be cut more than MAX_UPSAMPLING finer than level 0."""
+    if target_mpp * MAX_UPSAMPLING < mpp.mean * (1 - 1e-9):
+        raise MppError(
+            f"{path}: target_mpp {target_mpp:g} um/px is {mpp.mean / target_mpp:.3g}x finer than "
+            f"the slide's level 0 ({mpp.mean:g} um/px, {mpp.source}); at most "
+            f"{MAX_UPSAMPLING:g}x is allowed: raise --target-mpp or check --mpp"
+        )
 
 
 def _check(path: Path, mpp: Mpp) -> None:

@@ -1,19 +1,21 @@
 """Zarr v3 stores: per-slide patch stores and (in heatmap_store) stitched heatmaps."""
 
 from wsi_pixelcam.store.jpeg_codec import JpegCodec
+from wsi_pixelcam.store.meta import PatchStoreMeta
 from wsi_pixelcam.store.patch_store import (
     PatchStore,
     PatchStoreWriter,
-    is_complete,
+    is_patch_store,
     open_patch_store,
-    read_store_attrs,
+    read_complete_meta,
 )
 
 __all__ = [
     "JpegCodec",
     "PatchStore",
+    "PatchStoreMeta",
     "PatchStoreWriter",
-    "is_complete",
+    "is_patch_store",
     "open_patch_store",
-    "read_store_attrs",
+    "read_complete_meta",
 ]

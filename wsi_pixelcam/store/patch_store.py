@@ -4,9 +4,10 @@ Arrays: ``patches`` (N, P, P, 3) uint8, ``coords`` (N, 2) int64 level-0 (x, y) t
 ``tissue_frac`` (N,) float32, ``labels`` (N,) int16 (-1 unlabelled), ``label_coverage`` (N,)
 float32, ``thumbnail`` (h, w, 3) and ``tissue_mask`` (h, w) for QC; ``masks`` (N, M, M) uint8
 ROI masks (M from :func:`mask_px_for`) when the slide was tiled from annotations. Later stages
-may add ``cams`` and ``masks``. Attrs carry provenance and ``complete: true``, written last. The
-store is built under a temporary name beside its final path and renamed into place when
-complete, so a crash never leaves something that looks finished.
+may add ``cams`` and ``masks``. Attrs hold a :class:`PatchStoreMeta` (validated on open), the
+records of arrays added later, and ``complete: true``, written last. The store is built under
+a temporary name beside its final path and renamed into place when complete, so a crash never
+leaves something that looks finished.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from zarr.codecs import BytesCodec, ZstdCodec
 from wsi_pixelcam.atomic_write import TMP_MARK, replace_dir
 from wsi_pixelcam.errors import StoreError
 from wsi_pixelcam.store.jpeg_codec import JpegCodec
+from wsi_pixelcam.store.meta import SCHEMA, PatchStoreMeta
 
-SCHEMA = "wsi-pixelcam.patch-store"
-SCHEMA_VERSION = 1
+_COMPLETE = "complete"  # the attr written last: a store without it is unfinished
 MASK_MAX_PX = 128
 MASK_CHUNK_ROWS = 64  # at most 1 MiB of raw masks per chunk
 
@@ -74,6 +75,8 @@ class PatchStoreWriter:
         self.patch_px = patch_px
         self._shard = shard_patches(patch_px, shard_mib)
         self._group = zarr.open_group(self.tmp_path, mode="w-", zarr_format=3)
+        # says what it is from the start, and that it is unfinished until finalize
+        self._group.attrs.update({"schema": SCHEMA, _COMPLETE: False})
         capacity = max(capacity, 1)
         if compression == "jpeg":
             serializer: Any = JpegCodec(quality=jpeg_quality)
@@ -139,8 +142,10 @@ class PatchStoreWriter:
         dtype: str,
         chunk_rows: int,
         blocks: Iterable[tuple[int, np.ndarray]],
+        record: Mapping[str, Any],
     ) -> None:
-        """Write a per-patch array beside the patches, before :meth:`finalize`.
+        """Write a per-patch array beside the patches, before :meth:`finalize`, with its
+        provenance ``record`` (as arrays added later have one).
 
         ``shape[0]`` must be the number of patches appended: rows follow the patches' order.
         """
@@ -149,21 +154,27 @@ class PatchStoreWriter:
         write_rows(
             self._group, name, shape=shape, dtype=dtype, chunk_rows=chunk_rows, blocks=blocks
         )
+        record_derived(self._group, name, record, complete=True)
 
     def finalize(
         self,
-        attrs: Mapping[str, Any],
+        meta: PatchStoreMeta,
         *,
         labels: np.ndarray | None = None,
         label_coverage: np.ndarray | None = None,
         thumbnail: np.ndarray | None = None,
         tissue_mask: np.ndarray | None = None,
     ) -> Path:
-        """Write the small arrays and attrs, mark complete, rename into place."""
+        """Write the small arrays and ``meta``, mark complete, rename into place."""
         self._flush()
         self._wait()
         self._writer.shutdown()
         n = self._written
+        if meta.n_patches != n or meta.tiling.patch_px != self.patch_px:
+            raise ValueError(
+                f"meta describes {meta.n_patches} patches of {meta.tiling.patch_px} px, "
+                f"the writer holds {n} of {self.patch_px} px"
+            )
         self._patches.resize((n, *self._patches.shape[1:]))
         coords = np.stack(self._coords) if self._coords else np.zeros((0, 2), np.int64)
         small: dict[str, np.ndarray] = {
@@ -184,11 +195,8 @@ class PatchStoreWriter:
             if values.shape[:1] != (n,) and name not in ("thumbnail", "tissue_mask"):
                 raise ValueError(f"{name} has {values.shape[0]} rows for {n} patches")
             _write_small(self._group, name, values)
-        self._group.attrs.update(json_safe(dict(attrs)))
-        self._group.attrs.update(
-            {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "n_patches": n}
-        )
-        self._group.attrs["complete"] = True
+        self._group.attrs.update(meta.to_attrs())
+        self._group.attrs[_COMPLETE] = True
         replace_dir(self.tmp_path, self.final_path, durable=True)
         return self.final_path
 
@@ -270,10 +278,7 @@ class PatchStore:
 
     path: Path
     group: zarr.Group
-
-    @property
-    def attrs(self) -> dict[str, Any]:
-        return dict(self.group.attrs)
+    meta: PatchStoreMeta
 
     @property
     def patches(self) -> zarr.Array:
@@ -297,13 +302,23 @@ class PatchStore:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.attrs.get("labels", {}).get("classes", []))
+        return list(self.meta.labels.classes)
+
+    @property
+    def slide_id(self) -> str:
+        return self.meta.slide_id
 
     def __len__(self) -> int:
         return int(self.patches.shape[0])
 
     def has(self, name: str) -> bool:
         return name in self.group
+
+    def derived_record(self, name: str) -> dict[str, Any] | None:
+        """The provenance record of an array added after tiling (``cams``, ``masks``), with
+        ``complete`` false while it is being written; None if never started."""
+        record = self.group.attrs.get(name)
+        return dict(record) if isinstance(record, Mapping) else None
 
     def _array(self, name: str) -> zarr.Array:
         node = self.group.get(name)
@@ -312,38 +327,50 @@ class PatchStore:
         return node
 
 
-def read_store_attrs(path: Path) -> dict[str, Any] | None:
-    """The attrs of a store at ``path``, or None if there is no readable zarr group there."""
+def record_derived(
+    group: zarr.Group, name: str, record: Mapping[str, Any], *, complete: bool
+) -> None:
+    """Set the provenance record of derived array ``name``; ``complete`` last, once it is in
+    place, so an interrupted addition is seen as unfinished."""
+    group.attrs[name] = {**json_safe(dict(record)), _COMPLETE: complete}
+
+
+def is_patch_store(path: Path) -> bool:
+    """Whether ``path`` is a zarr group that says it is a patch store (complete or not)."""
+    attrs = _read_attrs(path)
+    return attrs is not None and attrs.get("schema") == SCHEMA
+
+
+def read_complete_meta(path: Path) -> PatchStoreMeta | None:
+    """The meta of a complete store at ``path``; None when there is none (absent, not a zarr
+    group, unfinished). StoreError when a complete store's attrs do not validate."""
+    attrs = _read_attrs(path)
+    if attrs is None or attrs.get(_COMPLETE) is not True:
+        return None
+    return PatchStoreMeta.from_attrs(attrs, path)
+
+
+def _read_attrs(path: Path) -> dict[str, Any] | None:
+    if not path.is_dir():
+        return None
     try:
         return dict(zarr.open_group(path, mode="r").attrs)
-    except Exception:
+    except Exception:  # not a zarr group, or unreadable metadata: no store there
         return None
 
 
-def is_complete(attrs: Mapping[str, Any] | None) -> bool:
-    return bool(
-        attrs
-        and attrs.get("complete") is True
-        and attrs.get("schema") == SCHEMA
-        and attrs.get("schema_version") == SCHEMA_VERSION
-    )
-
-
 def open_patch_store(path: str | Path, mode: str = "r") -> PatchStore:
-    """Open a complete store; an unfinished or foreign one raises StoreError saying what to do."""
+    """Open a complete store; an unfinished, foreign or damaged one raises StoreError saying
+    what to do."""
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such patch store")
-    attrs = read_store_attrs(path)
+    attrs = _read_attrs(path)
     if attrs is None:
         raise StoreError(f"{path}: not a zarr v3 group")
     if attrs.get("schema") != SCHEMA:
         raise StoreError(f"{path}: not a wsi-pixelcam patch store")
-    if attrs.get("schema_version") != SCHEMA_VERSION:
-        raise StoreError(
-            f"{path}: patch store schema {attrs.get('schema_version')} is not the supported "
-            f"{SCHEMA_VERSION}; re-tile the slide"
-        )
-    if attrs.get("complete") is not True:
+    if attrs.get(_COMPLETE) is not True:
         raise StoreError(f"{path}: patch store is incomplete (interrupted run); re-run tile")
-    return PatchStore(path, zarr.open_group(path, mode=mode))  # type: ignore[arg-type]
+    meta = PatchStoreMeta.from_attrs(attrs, path)
+    return PatchStore(path, zarr.open_group(path, mode=mode), meta)  # type: ignore[arg-type]

@@ -24,6 +24,10 @@ from wsi_pixelcam.slide.base import SlideReader
 log = logging.getLogger(__name__)
 
 BLOCK_TARGET_PX = 2048  # a block spans at most about this many target pixels per side
+REDUCE_FROM = 4.0
+"""Resampling factors from here on (a slide without a pyramid level near the target) are first
+box-averaged tile by tile, so memory follows the block, not the factor."""
+REDUCE_TILE_PX = 4096  # level pixels per side read at once on that path
 
 
 @dataclass(frozen=True)
@@ -82,15 +86,43 @@ def read_target_box(
     fx0, fy0, fx1, fy1 = x0 * f, y0 * f, x1 * f, y1 * f
     lx0, ly0 = math.floor(fx0), math.floor(fy0)
     lx1, ly1 = min(level_w, math.ceil(fx1)), min(level_h, math.ceil(fy1))
-    region = reader.read_region(
-        (round(lx0 * ds), round(ly0 * ds)), choice.level, (lx1 - lx0, ly1 - ly0)
-    )
+    level_box = (lx0, ly0, lx1, ly1)
+    k = int(f // 2) if f >= REDUCE_FROM else 1
+    if k > 1:
+        region = _read_reduced(reader, choice.level, ds, level_box, k)
+    else:
+        region = reader.read_region(
+            (round(lx0 * ds), round(ly0 * ds)), choice.level, (lx1 - lx0, ly1 - ly0)
+        )
     resized = Image.fromarray(region).resize(
         (width, height),
         Image.Resampling.LANCZOS,
-        box=(fx0 - lx0, fy0 - ly0, min(fx1, lx1) - lx0, min(fy1, ly1) - ly0),
+        box=(
+            (fx0 - lx0) / k,
+            (fy0 - ly0) / k,
+            (min(fx1, lx1) - lx0) / k,
+            (min(fy1, ly1) - ly0) / k,
+        ),
     )
     return np.asarray(resized)
+
+
+def _read_reduced(
+    reader: SlideReader, level: int, ds: float, box: tuple[int, int, int, int], k: int
+) -> np.ndarray:
+    """``box`` of ``level`` averaged over k x k pixels, read in tiles whose sides are
+    multiples of k from the box's origin, so the result is the same as one big read's."""
+    lx0, ly0, lx1, ly1 = box
+    step = max(k, REDUCE_TILE_PX // k * k)
+    rows = []
+    for y in range(ly0, ly1, step):
+        row = []
+        for x in range(lx0, lx1, step):
+            size = (min(step, lx1 - x), min(step, ly1 - y))
+            tile = reader.read_region((round(x * ds), round(y * ds)), level, size)
+            row.append(np.asarray(Image.fromarray(tile).reduce(k)))
+        rows.append(np.concatenate(row, axis=1))
+    return np.concatenate(rows, axis=0)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ def stage_qc(
     frame_offset: tuple[int, int],
     min_hole_um2: float,
     metadata: dict[str, str],
-) -> dict[str, str]:
+) -> StagedQC:
     """Write the QC files under a temporary name beside ``qc_dir``; publish them later."""
     tmp = qc_dir.with_name(f"{qc_dir.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)

@@ -16,22 +16,30 @@ from typing import Any
 import numpy as np
 
 from wsi_pixelcam.config import TileConfig
-from wsi_pixelcam.errors import NoTissueError, SlideReadError, StoreError
+from wsi_pixelcam.errors import ConfigError, NoTissueError, SlideReadError, StoreError
 from wsi_pixelcam.geo.raster import patch_masks
 from wsi_pixelcam.geometry import LevelChoice, choose_level
 from wsi_pixelcam.labels import LabelSource, PatchLabels, compute_labels
-from wsi_pixelcam.slide import SlideReader, open_slide, resolve_mpp
+from wsi_pixelcam.slide import Mpp, SlideReader, check_target_mpp, open_slide, resolve_mpp
 from wsi_pixelcam.store.lock import StoreLock
+from wsi_pixelcam.store.meta import (
+    LabelsSection,
+    MppSection,
+    PatchStoreMeta,
+    SlideSection,
+    TilingSection,
+    TissueSection,
+)
 from wsi_pixelcam.store.outdir import ensure_writable_dir
 from wsi_pixelcam.store.patch_store import (
     MASK_CHUNK_ROWS,
     PatchStoreWriter,
-    is_complete,
     mask_px_for,
-    read_store_attrs,
+    open_patch_store,
+    read_complete_meta,
     remove_stale_temporaries,
 )
-from wsi_pixelcam.tiling.grid import Grid, build_grid
+from wsi_pixelcam.tiling.grid import Grid, GridTooLargeError, build_grid
 from wsi_pixelcam.tiling.patch_reader import iter_patches
 from wsi_pixelcam.tiling.qc import stage_qc
 from wsi_pixelcam.tiling.tissue import detect_tissue, read_thumbnail
@@ -141,33 +149,42 @@ def _finished_result(
 
     Raises StoreError for a complete store made with other parameters, unless ``overwrite``.
     """
-    existing = read_store_attrs(final) if final.exists() else None
-    if not is_complete(existing):
+    try:
+        existing = read_complete_meta(final)
+    except StoreError:
+        if overwrite:
+            return None  # a damaged or foreign complete store: re-tile it as asked
+        raise
+    if existing is None:
         return None
-    assert existing is not None
-    if _serves(existing.get("requested", {}), wanted):
+    requested = existing.requested or {}
+    if _serves(requested, wanted):
         message = "complete store with the same parameters"
-        if str(wanted["label_source"]).startswith("annotations") and "masks" not in existing:
+        if str(wanted["label_source"]).startswith("annotations") and not _has_masks(final):
             message += " (tiled before stores kept ROI masks: eval --annotations adds them)"
         return TilingResult(
             slide_id,
             str(final),
             "skipped",
-            int(existing.get("n_patches", 0)),
-            int(existing.get("tiling", {}).get("n_bad_patches", 0)),
-            float(existing.get("mpp", {}).get("value", 0.0)),
-            str(existing.get("mpp", {}).get("source", "")),
-            str(existing.get("slide", {}).get("backend", "")),
+            existing.n_patches,
+            existing.tiling.n_bad_patches,
+            existing.mpp_level0 or 0.0,
+            existing.mpp.source if existing.mpp else "",
+            existing.slide.backend,
             time.perf_counter() - started,
             message,
         )
     if not overwrite:
-        changed = sorted(k for k in wanted if existing.get("requested", {}).get(k) != wanted[k])
+        changed = sorted(k for k in wanted if requested.get(k) != wanted[k])
         raise StoreError(
             f"{final}: already tiled with other parameters ({', '.join(changed)} differ); "
             "pass --overwrite to re-tile it"
         )
     return None
+
+
+def _has_masks(store_path: Path) -> bool:
+    return open_patch_store(store_path).derived_record("masks") is not None
 
 
 def _tile_locked(
@@ -183,6 +200,7 @@ def _tile_locked(
 ) -> TilingResult:
     with open_slide(slide_path, cfg.backend) as reader:
         mpp = resolve_mpp(reader, mpp_override)
+        check_target_mpp(slide_path, mpp, cfg.target_mpp)
         choice = choose_level(reader.level_downsamples, mpp.mean, cfg.target_mpp, cfg.mpp_tolerance)
         thumb = read_thumbnail(reader, mpp.mean, cfg.tissue.thumbnail_mpp)
         thumb_px_level0 = float(np.mean(thumb.level0_per_px))
@@ -191,15 +209,18 @@ def _tile_locked(
             raise NoTissueError(
                 f"{slide_path}: no tissue found (blank slide, or lower tissue.min_saturation)"
             )
-        grid = build_grid(
-            reader.dimensions,
-            choice.scale_level0,
-            cfg.patch_px,
-            cfg.stride,
-            mask,
-            thumb.level0_per_px,
-            cfg.min_tissue_frac,
-        )
+        try:
+            grid = build_grid(
+                reader.dimensions,
+                choice.scale_level0,
+                cfg.patch_px,
+                cfg.stride,
+                mask,
+                thumb.level0_per_px,
+                cfg.min_tissue_frac,
+            )
+        except GridTooLargeError as exc:
+            raise ConfigError(f"{slide_path}: {exc}") from None
         if len(grid) == 0:
             raise NoTissueError(
                 f"{slide_path}: no {cfg.patch_px} px patch at {cfg.target_mpp} um/px has "
@@ -245,44 +266,13 @@ def _tile_locked(
                 )
             if bad:
                 log.warning("%s: skipped %d undecodable patches", slide_path, len(bad))
-            masks = _write_masks(
-                writer, labels, grid.xy_level0[kept] - reader.bounds_offset, patch_level0
-            )
-            attrs = {
-                "slide_id": slide_id,
-                "slide": _slide_attrs(slide_path, reader),
-                "mpp": {**mpp.as_dict(), "value": mpp.mean},
-                "tiling": {
-                    "target_mpp": cfg.target_mpp,
-                    "effective_mpp": choice.scale_level0 * mpp.mean,
-                    "patch_px": cfg.patch_px,
-                    "stride_px": cfg.stride,
-                    "patch_level0": patch_level0,
-                    "stride_level0": cfg.stride * choice.scale_level0,
-                    "read_level": choice.level,
-                    "read_level_downsample": choice.level_downsample,
-                    "resize_factor": choice.resize_factor,
-                    "min_tissue_frac": cfg.min_tissue_frac,
-                    "n_candidates": grid.n_candidates,
-                    "n_bad_patches": len(bad),
-                    "bad_patch_xy_level0": [grid.xy_level0[i].tolist() for i in bad[:100]],
-                    "order": "blocks of neighbouring patches; coords are authoritative",
-                },
-                "tissue": {**cfg.tissue.model_dump(), "thumbnail_level0_per_px": thumb_px_level0},
-                "store": cfg.store.model_dump(),
-                "labels": {
-                    "classes": labels.classes,
-                    "source": labels.source,
-                    "rule": cfg.labels.model_dump(),
-                },
-                "qc": {"dir": f"{slide_id}.qc", **qc_files},
-                **masks,
-                "requested": wanted,
-                "versions": _versions(),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
+            _write_masks(writer, labels, grid.xy_level0[kept] - reader.bounds_offset, patch_level0)
+            meta = _store_meta(
+                slide_id, slide_path, reader, mpp, choice, grid, cfg, len(kept), bad,
+                thumb_px_level0, labels, qc_files, wanted,
+            )  # fmt: skip
             writer.finalize(
-                attrs,
+                meta,
                 labels=labels.labels[kept],
                 label_coverage=labels.roi_coverage[kept],
                 thumbnail=thumb.rgb,
@@ -336,11 +326,11 @@ def _write_patches(
 
 def _write_masks(
     writer: PatchStoreWriter, labels: PatchLabels, corners: np.ndarray, patch_level0: float
-) -> dict[str, Any]:
-    """Store the ROI masks of annotated slides (``corners`` in QuPath's frame); returns the
-    attrs record to store, none for other label sources."""
+) -> None:
+    """Store the ROI masks of annotated slides (``corners`` in QuPath's frame); none for
+    other label sources."""
     if labels.rois is None:
-        return {}
+        return
     mask_px = mask_px_for(writer.patch_px)
     writer.add_rows(
         "masks",
@@ -348,27 +338,77 @@ def _write_masks(
         dtype="uint8",
         chunk_rows=MASK_CHUNK_ROWS,
         blocks=patch_masks(labels.rois, corners, patch_level0, mask_px, MASK_CHUNK_ROWS),
+        record={"source": "annotations", "path": labels.source["path"], "mask_px": mask_px},
     )
-    record = {"source": "annotations", "path": labels.source["path"], "mask_px": mask_px}
-    return {"masks": {**record, "complete": True}}
 
 
-def _slide_attrs(path: Path, reader: SlideReader) -> dict[str, Any]:
+def _store_meta(
+    slide_id: str,
+    slide_path: Path,
+    reader: SlideReader,
+    mpp: Mpp,
+    choice: LevelChoice,
+    grid: Grid,
+    cfg: TileConfig,
+    n_kept: int,
+    bad: list[int],
+    thumb_px_level0: float,
+    labels: PatchLabels,
+    qc_files: dict[str, Any],
+    wanted: dict[str, Any],
+) -> PatchStoreMeta:
+    """What the store says about itself: the slide, its resolution, how it was cut."""
+    return PatchStoreMeta(
+        slide_id=slide_id,
+        n_patches=n_kept,
+        slide=_slide_section(slide_path, reader),
+        mpp=MppSection(
+            value=mpp.mean, x=mpp.x, y=mpp.y, source=mpp.source, estimated=mpp.estimated
+        ),
+        tiling=TilingSection(
+            target_mpp=cfg.target_mpp,
+            effective_mpp=choice.scale_level0 * mpp.mean,
+            patch_px=cfg.patch_px,
+            stride_px=cfg.stride,
+            patch_level0=cfg.patch_px * choice.scale_level0,
+            stride_level0=cfg.stride * choice.scale_level0,
+            read_level=choice.level,
+            read_level_downsample=choice.level_downsample,
+            resize_factor=choice.resize_factor,
+            min_tissue_frac=cfg.min_tissue_frac,
+            n_candidates=grid.n_candidates,
+            n_bad_patches=len(bad),
+            bad_patch_xy_level0=tuple(tuple(grid.xy_level0[i].tolist()) for i in bad[:100]),
+            order="blocks of neighbouring patches; coords are authoritative",
+        ),
+        tissue=TissueSection(**cfg.tissue.model_dump(), thumbnail_level0_per_px=thumb_px_level0),
+        store=cfg.store.model_dump(),
+        labels=LabelsSection(
+            classes=tuple(labels.classes), source=labels.source, rule=cfg.labels.model_dump()
+        ),
+        qc={"dir": f"{slide_id}.qc", **qc_files},
+        requested=wanted,
+        versions=_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _slide_section(path: Path, reader: SlideReader) -> SlideSection:
     size, digest = _quick_hash(path)
-    return {
-        "path": str(path.resolve()),
-        "name": path.name,
-        "size_bytes": size,
-        "content_hash": digest,
-        "hash_method": "sha256 of size + first and last MiB",
-        "backend": reader.backend.name,
-        "backend_version": reader.backend.version,
-        "backend_reason": reader.backend.reason,
-        "dimensions_level0": list(reader.dimensions),
-        "level_dimensions": [list(d) for d in reader.level_dimensions],
-        "level_downsamples": list(reader.level_downsamples),
-        "bounds_offset": list(reader.bounds_offset),
-    }
+    return SlideSection(
+        path=str(path.resolve()),
+        name=path.name,
+        size_bytes=size,
+        content_hash=digest,
+        hash_method="sha256 of size + first and last MiB",
+        backend=reader.backend.name,
+        backend_version=reader.backend.version,
+        backend_reason=reader.backend.reason,
+        dimensions_level0=reader.dimensions,
+        level_dimensions=tuple(reader.level_dimensions),
+        level_downsamples=tuple(reader.level_downsamples),
+        bounds_offset=reader.bounds_offset,
+    )
 
 
 def _quick_hash(path: Path) -> tuple[int, str]:

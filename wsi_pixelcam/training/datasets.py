@@ -14,7 +14,8 @@ slides do:
   per split.
 
 Images are resized to ``patch_px`` square (bilinear; masks nearest), as the WSOL protocol
-resizes whole images; the stores record the mpp as unknown unless one is given.
+resizes whole images; the stores record the mpp as unknown unless one is given. Each store
+describes its images as one virtual slide, side by side (see :mod:`wsi_pixelcam.store.meta`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import itertools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,10 @@ import zarr
 from PIL import Image
 from zarr.codecs import ZstdCodec
 
+from wsi_pixelcam import __version__
 from wsi_pixelcam.errors import DataError
 from wsi_pixelcam.store import PatchStoreWriter
+from wsi_pixelcam.store.meta import image_strip_meta
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +105,18 @@ def write_image_store(
                     block.clear()
         if writer.count != n:
             raise DataError(f"{path}: {writer.count} images for {n} labels")
-        attrs = {
-            "slide_id": slide_id or path.stem,
-            "tiling": {"effective_mpp": mpp, "target_mpp": mpp, "patch_px": patch_px},
-            "labels": {"classes": list(class_names), "source": source or {"kind": "dataset"}},
-        }
-        return writer.finalize(attrs, labels=np.asarray(labels, dtype=np.int16))
+        meta = image_strip_meta(
+            slide_id=slide_id or path.stem,
+            source=str((source or {}).get("root", "")),
+            n_patches=n,
+            patch_px=patch_px,
+            mpp=mpp,
+            classes=tuple(class_names),
+            label_source=source or {"kind": "dataset"},
+            versions={"wsi-pixelcam": __version__},
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        return writer.finalize(meta, labels=np.asarray(labels, dtype=np.int16))
     except BaseException:
         writer.abort()
         raise

@@ -11,7 +11,6 @@ own validation split. Never chosen on the evaluated stores themselves.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -149,8 +148,7 @@ def evaluate(
 def _checked(meta: CheckpointMeta, store_paths: Sequence[str | Path]) -> list[StoreInfo]:
     """Store infos, refused unless tiled as the checkpoint was trained and of its classes."""
     infos = [read_store_info(p) for p in store_paths]
-    mpp = None if math.isnan(meta.mpp) else meta.mpp
-    check_tiling(infos, mpp=mpp, patch_px=meta.patch_px, reference="the checkpoint")
+    check_tiling(infos, mpp=meta.mpp, patch_px=meta.patch_px, reference="the model")
     global_class_names(infos, meta.class_names)
     return infos
 
