@@ -1,7 +1,8 @@
-"""ROI masks of square patches: a mask pixel is inside when its centre is inside the geometry.
+"""Masks from geometry: a pixel is inside when its centre is inside the geometry.
 
-One rule for every patch mask a store holds, whether tiling wrote it or a later stage added it,
-so the masks of a store never depend on which command made them.
+One rule for every mask: the patch masks a store holds (whether tiling wrote them or a later
+stage added them), the ground truth a slide is scored against, and the heatmap pixels an ROI's
+measurements are taken over.
 """
 
 from __future__ import annotations
@@ -10,30 +11,59 @@ from collections.abc import Iterator
 
 import numpy as np
 import shapely
-from skimage.draw import polygon as fill_polygon
 
 from wsi_pixelcam.geo.polygons import polygon_parts
 
 
 def rasterise(
-    geometry: shapely.Geometry, box_xy: tuple[float, float], box_size: float, px: int
+    geometry: shapely.Geometry,
+    origin_xy: tuple[float, float],
+    shape_hw: tuple[int, ...],
+    scale: float = 1.0,
 ) -> np.ndarray:
-    """(px, px) uint8 mask of ``geometry`` over the square at ``box_xy`` of side ``box_size``.
+    """Boolean (H, W) mask of the pixels whose centres lie inside ``geometry``.
 
-    A pixel is inside when its centre is.
+    Pixel (row r, column c) has its centre at ``origin + (c + 0.5, r + 0.5) / scale`` in the
+    geometry's frame (``scale``: pixels per geometry unit). A centre exactly on an edge counts
+    for the pixel to the right of and below the edge (half-open, so two polygons that share an
+    edge never claim one pixel twice). A scanline even-odd fill over every ring, holes
+    included: cost grows with the window's pixels plus the boundary's crossings, never with
+    pixels times vertices.
     """
-    x0, y0 = box_xy
-    mask = np.zeros((px, px), np.uint8)
-    clipped = shapely.clip_by_rect(geometry, x0, y0, x0 + box_size, y0 + box_size)
-    scale = px / box_size
-    for part in polygon_parts(clipped):
-        for ring, value in [(part.exterior, 1), *((hole, 0) for hole in part.interiors)]:
-            xy = np.asarray(ring.coords)
-            # pixel (r, c) has its centre at ((c + 0.5), (r + 0.5)) / scale from the corner
-            rows, cols = fill_polygon(
-                (xy[:, 1] - y0) * scale - 0.5, (xy[:, 0] - x0) * scale - 0.5, (px, px)
-            )
-            mask[rows, cols] = value
+    height, width = int(shape_hw[0]), int(shape_hw[1])
+    x0, y0 = origin_xy
+    margin = 1.0 / scale
+    clipped = shapely.clip_by_rect(
+        geometry, x0 - margin, y0 - margin, x0 + (width + 1) * margin, y0 + (height + 1) * margin
+    )
+    rings = [
+        (np.asarray(ring.coords) - (x0, y0)) * scale
+        for part in polygon_parts(clipped)
+        for ring in (part.exterior, *part.interiors)
+    ]
+    mask = np.zeros((height, width), dtype=bool)
+    if not rings or height == 0 or width == 0:
+        return mask
+    a = np.concatenate([r[:-1] for r in rings])
+    b = np.concatenate([r[1:] for r in rings])
+    sloped = a[:, 1] != b[:, 1]
+    a, b = a[sloped], b[sloped]
+    ylo, yhi = np.minimum(a[:, 1], b[:, 1]), np.maximum(a[:, 1], b[:, 1])
+    # rows whose centre y = r + 0.5 satisfies ylo <= y < yhi (each vertex counted once)
+    first = np.clip(np.ceil(ylo - 0.5), 0, height).astype(np.int64)
+    stop = np.clip(np.ceil(yhi - 0.5), 0, height).astype(np.int64)
+    spans = np.maximum(stop - first, 0)
+    if spans.sum() == 0:
+        return mask
+    edge = np.repeat(np.arange(len(a)), spans)
+    rows = first[edge] + (np.arange(len(edge)) - np.repeat(np.cumsum(spans) - spans, spans))
+    t = (rows + 0.5 - a[edge, 1]) / (b[edge, 1] - a[edge, 1])
+    x_cross = a[edge, 0] + t * (b[edge, 0] - a[edge, 0])
+    # a crossing at x flips every pixel whose centre lies at or right of it
+    cols = np.clip(np.ceil(x_cross - 0.5).astype(np.int64), 0, width)
+    flips = np.bincount(rows * (width + 1) + cols, minlength=height * (width + 1))
+    parity = np.cumsum(flips.reshape(height, width + 1)[:, :width], axis=1) & 1
+    mask[:] = parity.astype(bool)
     return mask
 
 
@@ -56,6 +86,7 @@ def patch_masks(
         rows = np.zeros((len(xy), mask_px, mask_px), np.uint8)
         for row in np.flatnonzero(shapely.intersects(geometry, boxes)):
             rows[row] = rasterise(
-                geometry, (float(xy[row, 0]), float(xy[row, 1])), patch_size, mask_px
-            )
+                geometry, (float(xy[row, 0]), float(xy[row, 1])), (mask_px, mask_px),
+                scale=mask_px / patch_size,
+            )  # fmt: skip
         yield start, rows

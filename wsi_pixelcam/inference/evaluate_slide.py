@@ -24,7 +24,7 @@ import shapely
 from wsi_pixelcam.errors import AnnotationError, ConfigError, DataError
 from wsi_pixelcam.geo.geojson import read_qupath_annotations
 from wsi_pixelcam.geo.polygons import polygons_from_chunked_map
-from wsi_pixelcam.inference.rois import rasterise
+from wsi_pixelcam.geo.raster import rasterise
 from wsi_pixelcam.metrics import LocalizationAccumulator
 from wsi_pixelcam.store.heatmap_store import Heatmap, open_heatmap
 

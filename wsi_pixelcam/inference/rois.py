@@ -3,8 +3,8 @@
 Polygon tracing is :func:`~wsi_pixelcam.geo.polygons.polygons_from_chunked_map`. Measurements
 (mean and max foreground probability) are taken over the heatmap pixels whose centres fall
 inside each final polygon, reading one heatmap chunk at a time and rasterising only the ROIs
-that reach it, so memory never depends on the slide's size. :func:`rasterise` is the same
-pixel-centre rule the slide evaluation uses for ground-truth annotations.
+that reach it, so memory never depends on the slide's size. The pixels are those of
+:func:`wsi_pixelcam.geo.raster.rasterise`, the one pixel-centre rule every mask uses.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from wsi_pixelcam.geo.polygons import ArrayLike2D, polygon_parts, polygons_from_chunked_map
+from wsi_pixelcam.geo.polygons import ArrayLike2D, polygons_from_chunked_map
+from wsi_pixelcam.geo.raster import rasterise
 from wsi_pixelcam.store.heatmap_store import Heatmap
 
 _STATS_THREADS = 4  # chunks measured at once: numpy, shapely and zarr release the GIL
@@ -139,46 +140,3 @@ def _chunks_touched(
             for cx in range(cx0, cx1 + 1)
         )
     return sorted(touched)
-
-
-def rasterise(
-    geometry: BaseGeometry, origin_xy: tuple[float, float], shape_hw: tuple[int, ...]
-) -> np.ndarray:
-    """Boolean (H, W) mask of the pixels whose centres lie inside ``geometry``.
-
-    Pixel (row r, column c) of the window has its centre at ``origin + (c + 0.5, r + 0.5)``.
-    A scanline even-odd fill over every ring (holes included): cost grows with the window's
-    pixels plus the boundary's crossings, never with pixels times vertices.
-    """
-    height, width = int(shape_hw[0]), int(shape_hw[1])
-    x0, y0 = origin_xy
-    clipped = shapely.clip_by_rect(geometry, x0 - 1, y0 - 1, x0 + width + 1, y0 + height + 1)
-    rings = [
-        np.asarray(ring.coords)
-        for part in polygon_parts(clipped)
-        for ring in (part.exterior, *part.interiors)
-    ]
-    mask = np.zeros((height, width), dtype=bool)
-    if not rings or height == 0 or width == 0:
-        return mask
-    a = np.concatenate([r[:-1] for r in rings]) - (x0, y0)
-    b = np.concatenate([r[1:] for r in rings]) - (x0, y0)
-    sloped = a[:, 1] != b[:, 1]
-    a, b = a[sloped], b[sloped]
-    ylo, yhi = np.minimum(a[:, 1], b[:, 1]), np.maximum(a[:, 1], b[:, 1])
-    # rows whose centre y = r + 0.5 satisfies ylo <= y < yhi (each vertex counted once)
-    first = np.clip(np.ceil(ylo - 0.5), 0, height).astype(np.int64)
-    stop = np.clip(np.ceil(yhi - 0.5), 0, height).astype(np.int64)
-    spans = np.maximum(stop - first, 0)
-    if spans.sum() == 0:
-        return mask
-    edge = np.repeat(np.arange(len(a)), spans)
-    rows = first[edge] + (np.arange(len(edge)) - np.repeat(np.cumsum(spans) - spans, spans))
-    t = (rows + 0.5 - a[edge, 1]) / (b[edge, 1] - a[edge, 1])
-    x_cross = a[edge, 0] + t * (b[edge, 0] - a[edge, 0])
-    # a crossing at x flips every pixel whose centre lies right of it
-    cols = np.clip(np.floor(x_cross - 0.5).astype(np.int64) + 1, 0, width)
-    flips = np.bincount(rows * (width + 1) + cols, minlength=height * (width + 1))
-    parity = np.cumsum(flips.reshape(height, width + 1)[:, :width], axis=1) & 1
-    mask[:] = parity.astype(bool)
-    return mask
