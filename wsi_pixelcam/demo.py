@@ -24,12 +24,12 @@ from wsi_pixelcam.inference.infer import InferResult, infer_slide
 from wsi_pixelcam.inference.predict import load_model
 from wsi_pixelcam.inference.stitch import overlay_png
 from wsi_pixelcam.labels import LabelSource
+from wsi_pixelcam.progress import TaskProgress
 from wsi_pixelcam.report.build import build_report
 from wsi_pixelcam.slide import open_slide
 from wsi_pixelcam.store.heatmap_store import open_heatmap
 from wsi_pixelcam.tiling import TilingResult, tile_slide
 from wsi_pixelcam.training.fit import TrainResult, summary_dict, train
-from wsi_pixelcam.training.loop import ProgressFn
 
 StepFn = Callable[[str], None]
 """Told the name of each step as it starts ("tile", "train", "infer", "report")."""
@@ -70,7 +70,7 @@ def run_demo(
     *,
     cfg: DemoConfig | None = None,
     on_step: StepFn | None = None,
-    progress: ProgressFn | None = None,
+    progress: TaskProgress | None = None,
 ) -> DemoResult:
     """Tile -> train -> infer -> report the bundled slide into ``out_dir`` (stores/, model/,
     infer/, report/).

@@ -55,7 +55,11 @@ def full_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, list[Path],
     root = tmp_path_factory.mktemp("full")
     stores = _stores(root / "stores")
     calls: list[tuple] = []
-    result = train(_cfg(), stores, root / "out", progress=lambda *a: calls.append(a))
+
+    def task(name: str):
+        return lambda done, total: calls.append((name, done, total))
+
+    result = train(_cfg(), stores, root / "out", progress=task)
     return result, stores, calls
 
 
@@ -82,7 +86,7 @@ def test_all_stages_write_checkpoints_cams_metrics_and_split(full_run) -> None:
             "last.pt", "best_cls.pt", "best_loc.pt", "state.pt"
         }  # fmt: skip
     # the progress callback saw every training batch: 48 patches / 8 = 6 steps per epoch
-    assert ("teacher", 2, 6, 6) in calls and ("pixelcam", 1, 6, 6) in calls
+    assert ("teacher epoch 2", 6, 6) in calls and ("pixelcam epoch 1", 6, 6) in calls
     # CAMs were dumped into the training stores only, beside untouched patches
     for path in stores:
         store = open_patch_store(path)
@@ -124,9 +128,12 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path: Path) -> 
     cfg = _cfg(data={"val_fraction": 0.3})
     straight = train(cfg, stores, tmp_path / "straight", stage="teacher")
 
-    def stop_in_epoch_2(stage: str, epoch: int, step: int, total: int) -> None:
-        if (stage, epoch) == ("teacher", 2):
-            raise KeyboardInterrupt
+    def stop_in_epoch_2(name: str):
+        def report(done: int, total: int) -> None:
+            if name == "teacher epoch 2":
+                raise KeyboardInterrupt
+
+        return report
 
     with pytest.raises(KeyboardInterrupt):
         train(cfg, stores, tmp_path / "cut", stage="teacher", progress=stop_in_epoch_2)

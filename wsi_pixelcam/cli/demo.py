@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     with EpochBars(disable=args.quiet) as bars:
         result = run_demo(
-            args.out, on_step=lambda name: log.info("demo: %s", name), progress=bars.update
+            args.out, on_step=lambda name: log.info("demo: %s", name), progress=bars.task
         )
     out = result.outputs
     infer = result.inference

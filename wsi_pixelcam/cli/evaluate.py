@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     with EpochBars(disable=args.quiet) as bars:
         result = evaluate(
             args.model, args.stores, val_store_paths=args.val_stores, cam_method=args.cam_method,
-            annotations=annotations, device=args.device, progress=bars.update,
+            annotations=annotations, device=args.device, progress=bars.task,
         )  # fmt: skip
     print(
         f"{result.checkpoint} ({result.stage}) on {len(result.stores)} store(s), "

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from wsi_pixelcam.batch import BatchProgress, SlideOutcome
+from wsi_pixelcam.progress import ProgressFn
 
 LOG_INTERVAL_S = 30.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -84,21 +85,25 @@ class SlideBars:
 
 
 class EpochBars:
-    """One bar per pass (stage and epoch) of training or evaluation."""
+    """One bar per training or evaluation pass: :meth:`task` is the library's TaskProgress."""
 
     def __init__(self, disable: bool = False) -> None:
         self._disable = disable
         self._bar: tqdm | None = None
-        self._key: tuple[str, int] | None = None
 
-    def update(self, stage: str, epoch: int, step: int, total: int) -> None:
-        if (stage, epoch) != self._key:
-            self.close()
-            self._key = (stage, epoch)
-            desc = stage if stage in ("cams", "eval") else f"{stage} epoch {epoch}"
-            self._bar = _bar(total=total, desc=desc, unit="batch", disable=self._disable)
-        assert self._bar is not None
-        self._bar.update(step - self._bar.n)
+    def task(self, name: str) -> ProgressFn:
+        """The callback for pass ``name``: its first report opens the pass's bar (closing the
+        previous one), so a pass that fails before its first batch draws nothing."""
+        bar: tqdm | None = None
+
+        def advance(done: int, total: int) -> None:
+            nonlocal bar
+            if bar is None:
+                self.close()
+                bar = self._bar = _bar(total=total, desc=name, unit="batch", disable=self._disable)
+            bar.update(done - bar.n)
+
+        return advance
 
     def close(self) -> None:
         if self._bar is not None:

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         with EpochBars(disable=args.quiet or not context.is_main) as bars:
             result = train(
                 cfg, args.stores, args.out, stage=args.stage, val_store_paths=args.val_stores,
-                progress=bars.update, context=context,
+                progress=bars.task, context=context,
             )  # fmt: skip
     if not context.is_main:
         return EXIT_OK

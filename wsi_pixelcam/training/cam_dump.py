@@ -28,7 +28,8 @@ from wsi_pixelcam.model.amp import autocast
 from wsi_pixelcam.model.cam import CamMethod, compute_cam
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.model.pixelcam import PixelCAM
-from wsi_pixelcam.training.loop import ProgressFn, make_loader
+from wsi_pixelcam.progress import TaskProgress
+from wsi_pixelcam.training.loop import make_loader
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def dump_cams(
     num_workers: int = 0,
     device: torch.device | None = None,
     amp: bool = True,
-    progress: ProgressFn | None = None,
+    progress: TaskProgress | None = None,
 ) -> list[CamDumpResult]:
     """Write the teacher CAMs of ``checkpoint`` into each store (skipping up-to-date ones)."""
     device = device or torch.device("cpu")
@@ -110,7 +111,7 @@ def _dump_one(
     num_workers: int,
     device: torch.device,
     amp: bool,
-    progress: ProgressFn | None,
+    progress: TaskProgress | None,
 ) -> tuple[int, tuple[int, int]]:
     info = read_store_info(path)
     dataset = PatchDataset(
@@ -132,6 +133,7 @@ def _dump_one(
         probe = model(torch.zeros(1, 3, meta.input_px, meta.input_px, device=device))
     feature_hw = (int(probe.features.shape[-2]), int(probe.features.shape[-1]))
     total = len(loader)
+    report = progress(f"cams {info.slide_id}") if progress is not None else None
 
     def blocks() -> Iterator[tuple[int, np.ndarray]]:
         for step, batch in enumerate(loader, start=1):
@@ -144,8 +146,8 @@ def _dump_one(
                     labels = torch.where(labels >= 0, labels, predicted)
                 cams = compute_cam(model, images, labels, method)
             yield int(batch["index"][0]), cams.float().cpu().numpy().astype(np.float16)
-            if progress is not None:
-                progress("cams", 1, step, total)
+            if report is not None:
+                report(step, total)
 
     record = {
         "teacher_sha256": teacher_sha,

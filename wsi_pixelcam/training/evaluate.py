@@ -32,9 +32,9 @@ from wsi_pixelcam.model.cam import CamMethod
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.model.device import resolve_device
 from wsi_pixelcam.model.pixelcam import PixelCAM
+from wsi_pixelcam.progress import TaskProgress
 from wsi_pixelcam.training.loop import (
     EvalAccumulators,
-    ProgressFn,
     evaluate_batches,
     make_loader,
 )
@@ -97,7 +97,7 @@ def evaluate(
     num_workers: int = 0,
     device: str = "auto",
     amp: bool = True,
-    progress: ProgressFn | None = None,
+    progress: TaskProgress | None = None,
 ) -> EvaluationResult:
     """Evaluate ``checkpoint`` on ``store_paths`` (see the module docstring).
 
@@ -165,7 +165,7 @@ class _Runner:
     amp: bool
 
     def __call__(
-        self, infos: list[StoreInfo], with_masks: bool, progress: ProgressFn | None
+        self, infos: list[StoreInfo], with_masks: bool, progress: TaskProgress | None
     ) -> EvalAccumulators:
         dataset = PatchDataset(
             infos,
@@ -181,9 +181,7 @@ class _Runner:
             seed=0,
             device=self.device,
         )
-        report = None
-        if progress is not None:
-            report = lambda step, total: progress("eval", 1, step, total)  # noqa: E731
+        report = progress("eval") if progress is not None else None
         return evaluate_batches(
             self.model,
             loader,
@@ -200,7 +198,7 @@ def _val_taus(
     run: _Runner,
     meta: CheckpointMeta,
     val_store_paths: Sequence[str | Path] | None,
-    progress: ProgressFn | None,
+    progress: TaskProgress | None,
 ) -> dict[str, tuple[float | None, str]]:
     """The validation-chosen tau of each map, and where it came from."""
     if val_store_paths:

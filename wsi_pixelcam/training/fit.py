@@ -39,10 +39,10 @@ from wsi_pixelcam.model.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.model.device import resolve_device
 from wsi_pixelcam.model.encoders import EncoderSpec, encoder_normalization
 from wsi_pixelcam.model.pixelcam import PixelCAM, PixelCAMSpec, build_pixelcam
+from wsi_pixelcam.progress import TaskProgress
 from wsi_pixelcam.training.cam_dump import CamDumpResult, cams_up_to_date, dump_cams, file_sha256
 from wsi_pixelcam.training.distributed import DistContext, single_process
 from wsi_pixelcam.training.loop import (
-    ProgressFn,
     Seeder,
     SharedGeometry,
     epoch_seed,
@@ -104,7 +104,7 @@ def train(
     *,
     stage: Stage | None = None,
     val_store_paths: Sequence[str | Path] | None = None,
-    progress: ProgressFn | None = None,
+    progress: TaskProgress | None = None,
     context: DistContext | None = None,
 ) -> TrainResult:
     """Run all stages (``stage=None``) or one of them on ``store_paths``.
@@ -308,7 +308,7 @@ def _run_teacher(
     model: PixelCAM,
     out: Path,
     context: DistContext,
-    progress: ProgressFn | None,
+    progress: TaskProgress | None,
 ) -> StageResult:
     train_set, val_set = _datasets(cfg, data, (1, 1), with_cam=False)
     run = StageRun("teacher", cfg, out, _meta(cfg, data, "teacher"), context)
@@ -339,7 +339,7 @@ def _dump_cams(
     data: _Data,
     out: Path,
     context: DistContext,
-    progress: ProgressFn | None,
+    progress: TaskProgress | None,
 ) -> tuple[CamDumpResult, ...]:
     """The teacher's CAMs into every training store; under torchrun each rank dumps its own
     stores (balanced by patch count), so no two ranks ever write one store."""
@@ -360,7 +360,7 @@ def _dump_cams(
 
 
 def _run_pixelcam(
-    cfg: TrainConfig, data: _Data, out: Path, context: DistContext, progress: ProgressFn | None
+    cfg: TrainConfig, data: _Data, out: Path, context: DistContext, progress: TaskProgress | None
 ) -> StageResult:
     cam_teacher = _cam_teacher(cfg, out)
     teacher_sha = file_sha256(cam_teacher)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,16 +31,11 @@ from wsi_pixelcam.model.seeds import (
     draw_seeds,
     random_geometric_aug,
 )
+from wsi_pixelcam.progress import ProgressFn
 from wsi_pixelcam.training.distributed import DistContext, global_position, single_process
 
 logger = logging.getLogger(__name__)
 
-ProgressFn = Callable[[str, int, int, int], None]
-"""progress(stage, epoch, step, total), called after each batch; the CLI draws the bars.
-
-``stage`` is "teacher", "teacher-val", "cams", "pixelcam", "pixelcam-val" or "eval";
-``step`` counts from 1 to ``total`` batches within that pass.
-"""
 
 _STAGE_SALT = {"teacher": 1, "pixelcam": 2, "cams": 3, "eval": 4}
 
@@ -198,7 +193,7 @@ def train_epoch(
     lam: float,
     seed: int,
     balanced_seeds: bool = False,
-    report: Callable[[int, int], None] | None = None,
+    report: ProgressFn | None = None,
     context: DistContext | None = None,
 ) -> EpochStats:
     """One pass over ``loader``; ``seeder`` None trains the image head only (the teacher).
@@ -299,7 +294,7 @@ def evaluate_batches(
     cam_method: CamMethod,
     eval_px: int,
     with_masks: bool,
-    report: Callable[[int, int], None] | None = None,
+    report: ProgressFn | None = None,
 ) -> EvalAccumulators:
     """Accuracy, and with masks the PixelCAM map and the image head's CAM, side by side.
 

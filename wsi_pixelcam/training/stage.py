@@ -13,7 +13,6 @@ patches and sees the merged metrics; rank 0 alone writes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -27,10 +26,10 @@ from wsi_pixelcam.errors import OutputError
 from wsi_pixelcam.model.amp import uses_amp
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
 from wsi_pixelcam.model.pixelcam import PixelCAM
+from wsi_pixelcam.progress import ProgressFn, TaskProgress
 from wsi_pixelcam.training.distributed import DistContext, EpochSampler, class_balance_weights
 from wsi_pixelcam.training.loop import (
     EvalAccumulators,
-    ProgressFn,
     Seeder,
     epoch_seed,
     evaluate_batches,
@@ -103,7 +102,7 @@ def run_stage(
     val_set: Dataset[dict[str, torch.Tensor]] | None,
     *,
     val_has_masks: bool,
-    progress: ProgressFn | None = None,
+    progress: TaskProgress | None = None,
 ) -> StageResult:
     """Train ``model`` for the stage's epochs, resuming from ``state.pt`` when present."""
     parts = _prepare(run, model)
@@ -205,7 +204,7 @@ def _train_one_epoch(
     parts: Resumable,
     train_set: PatchDataset,
     epoch: int,
-    progress: ProgressFn | None,
+    progress: TaskProgress | None,
 ) -> dict[str, Any]:
     """One epoch at its learning rate; its metrics row (over all ranks)."""
     seed = epoch_seed(run.cfg.seed, run.name, epoch)
@@ -246,7 +245,7 @@ def _validate(
     val_loader: DataLoader[dict[str, torch.Tensor]],
     val_has_masks: bool,
     epoch: int,
-    progress: ProgressFn | None,
+    progress: TaskProgress | None,
 ) -> dict[str, float]:
     """Accuracy, both maps' PxAP, and the validation-chosen tau of the stage's own map."""
     shard = evaluate_batches(
@@ -327,9 +326,5 @@ def _result(run: StageRun, start: int, bests: dict[str, Best | None]) -> StageRe
     )
 
 
-def _reporter(
-    progress: ProgressFn | None, stage: str, epoch: int
-) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-    return lambda step, total: progress(stage, epoch, step, total)
+def _reporter(progress: TaskProgress | None, stage: str, epoch: int) -> ProgressFn | None:
+    return None if progress is None else progress(f"{stage} epoch {epoch}")
