@@ -21,7 +21,7 @@ import torch
 import yaml
 from he_slides import TUMOUR_CLASS, BenchmarkSlide, he_benchmark_slides
 
-from wsi_pixelcam.config import InferConfig, TileConfig, TrainConfig, set_dotted
+from wsi_pixelcam.config import EvalRunConfig, InferConfig, TileConfig, TrainConfig, set_dotted
 from wsi_pixelcam.inference.evaluate_slide import evaluate_slide
 from wsi_pixelcam.inference.infer import infer_slide
 from wsi_pixelcam.inference.predict import load_model
@@ -140,12 +140,8 @@ def run_row(
     teacher_ckpt = result.teacher.best_loc.path if result.teacher.best_loc else (
         result.teacher.best_cls.path
     )  # fmt: skip
-    common: dict[str, Any] = {
-        "val_store_paths": stores["val"],
-        "eval_cfg": cfg.eval,
-        "device": "cpu",
-        "num_workers": cfg.data.num_workers,
-    }
+    eval_cfg = EvalRunConfig(metrics=cfg.eval, device="cpu", num_workers=cfg.data.num_workers)
+    common: dict[str, Any] = {"cfg": eval_cfg, "val_store_paths": stores["val"]}
     pixel = evaluate(result.model_path, stores["test"], **common)
     teacher = evaluate(teacher_ckpt, stores["test"], **common)
     assert pixel.pixelcam is not None and teacher.cam is not None

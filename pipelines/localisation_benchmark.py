@@ -56,7 +56,7 @@ from scipy.ndimage import gaussian_filter
 from skimage import data as skdata
 from skimage.color import rgb2hsv
 
-from wsi_pixelcam.config import TrainConfig
+from wsi_pixelcam.config import EvalRunConfig, TrainConfig
 from wsi_pixelcam.examples import bundled_example
 from wsi_pixelcam.slide import open_slide
 from wsi_pixelcam.training.datasets import write_image_store
@@ -232,12 +232,8 @@ def run_ihc(args: argparse.Namespace) -> None:
         if result.teacher.best_loc
         else run_dir / "teacher" / "best_cls.pt"
     )
-    common: dict[str, Any] = {
-        "val_store_paths": stores["val"],
-        "eval_cfg": cfg.eval,
-        "device": "cpu",
-        "num_workers": cfg.data.num_workers,
-    }
+    eval_cfg = EvalRunConfig(metrics=cfg.eval, device="cpu", num_workers=cfg.data.num_workers)
+    common: dict[str, Any] = {"cfg": eval_cfg, "val_store_paths": stores["val"]}
     evals = {
         (who, split): evaluate(ckpt, stores[split], **common)
         for who, ckpt in (("teacher", teacher_ckpt), ("pixelcam", result.model_path))

@@ -333,6 +333,19 @@ class EvalConfig(_Strict):
     )
 
 
+class EvalRunConfig(_Strict):
+    """``eval``: the metrics, as training computes them, and how to run the model for them."""
+
+    metrics: EvalConfig = Field(default_factory=EvalConfig)
+    cam_method: CamMethod = Field(CamMethod.CAM, description="teacher CAM to score beside PixelCAM")
+    batch_size: int = Field(32, ge=1)
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto: cuda, mps, else cpu"
+    )
+    amp: bool = Field(True, description="float16 autocast; used on CUDA only")
+
+
 class TrainConfig(_Strict):
     """Teacher -> CAM dump -> PixelCAM training; the defaults are the paper's where it has one."""
 

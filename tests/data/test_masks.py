@@ -14,6 +14,7 @@ import pytest
 import shapely
 import torch
 
+from wsi_pixelcam.config import EvalRunConfig
 from wsi_pixelcam.data.masks import add_masks_from_annotations
 from wsi_pixelcam.errors import AnnotationError
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, save_checkpoint
@@ -118,7 +119,7 @@ def test_evaluate_rasterises_masks_from_annotations(tmp_path: Path) -> None:
         ("background", "tumour"), 32, (0.5,) * 3, (0.25,) * 3, 0.5, 32, stage="pixelcam"
     )
     ckpt = save_checkpoint(tmp_path / "m.pt", model, meta)
-    result = evaluate(ckpt, [store], annotations={store: geojson}, device="cpu")
+    result = evaluate(ckpt, [store], EvalRunConfig(device="cpu"), annotations={store: geojson})
     assert result.n_localised == 3 and result.pixelcam is not None
     # the annotations given replace the stored masks
     assert open_patch_store(store).derived_record("masks")["path"] == str(geojson)

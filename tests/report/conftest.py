@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "inference"))  # tiny_pixelca
 import tiny_pixelcam as tiny
 
 from wsi_pixelcam.batch import run_guarded, write_status_table
-from wsi_pixelcam.config import InferConfig, TileConfig, TrainConfig
+from wsi_pixelcam.config import EvalRunConfig, InferConfig, TileConfig, TrainConfig
 from wsi_pixelcam.jobs import SlideJob, infer_job
 from wsi_pixelcam.tiling import tile_slide
 from wsi_pixelcam.training.evaluate import evaluate
@@ -86,5 +86,7 @@ def cohort_run(slides, tmp_path_factory) -> CohortRun:
     trained = train(TrainConfig.model_validate(TRAIN), stores, model_dir)
     (model_dir / "train_summary.json").write_text(json.dumps(summary_dict(trained)))
     assert trained.model_path is not None
-    evaluate(trained.model_path, stores, device="cpu").write_json(root / "eval" / "test.json")
+    evaluate(trained.model_path, stores, EvalRunConfig(device="cpu")).write_json(
+        root / "eval" / "test.json"
+    )
     return CohortRun(root, trained.model_path)

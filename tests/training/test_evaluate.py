@@ -14,7 +14,7 @@ import pytest
 import torch
 from storegen import make_store
 
-from wsi_pixelcam.config import EvalConfig
+from wsi_pixelcam.config import EvalConfig, EvalRunConfig
 from wsi_pixelcam.data.transforms import EvalTransform
 from wsi_pixelcam.errors import CheckpointError, DataError
 from wsi_pixelcam.metrics import LocalizationAccumulator
@@ -76,7 +76,9 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
 
 def test_scores_match_a_hand_computation(tmp_path: Path, stores) -> None:
     ckpt = _checkpoint(tmp_path / "m.pt", best_tau_pixel=0.3, best_tau_cam=0.6)
-    result = evaluate(ckpt, stores["masked"] + stores["plain"], eval_cfg=EVAL, device="cpu")
+    result = evaluate(
+        ckpt, stores["masked"] + stores["plain"], EvalRunConfig(metrics=EVAL, device="cpu")
+    )
     accuracy, pixel, cam = _oracle(ckpt, stores["masked"] + stores["plain"])
     assert result.accuracy == pytest.approx(accuracy)
     assert result.n_patches == 22 and result.n_localised == 16
@@ -93,7 +95,9 @@ def test_scores_match_a_hand_computation(tmp_path: Path, stores) -> None:
 
 def test_validation_stores_choose_the_tau(tmp_path: Path, stores) -> None:
     ckpt = _checkpoint(tmp_path / "m.pt", best_tau_pixel=0.3)
-    result = evaluate(ckpt, stores["masked"], val_store_paths=stores["val"], eval_cfg=EVAL)
+    result = evaluate(
+        ckpt, stores["masked"], EvalRunConfig(metrics=EVAL), val_store_paths=stores["val"]
+    )
     _, pixel_val, cam_val = _oracle(ckpt, stores["val"])
     assert result.pixelcam is not None and result.cam is not None
     assert result.pixelcam.val_tau == pixel_val.best_tau("miou")
@@ -104,15 +108,17 @@ def test_validation_stores_choose_the_tau(tmp_path: Path, stores) -> None:
     assert saved["pixelcam"]["pxap"] == pytest.approx(result.pixelcam.pxap)
     assert saved["accuracy"] == pytest.approx(result.accuracy)
     with pytest.raises(DataError, match="validation stores without masks"):
-        evaluate(ckpt, stores["masked"], val_store_paths=stores["plain"], eval_cfg=EVAL)
+        evaluate(
+            ckpt, stores["masked"], EvalRunConfig(metrics=EVAL), val_store_paths=stores["plain"]
+        )
 
 
 def test_teacher_and_maskless_evaluations(tmp_path: Path, stores) -> None:
     teacher = _checkpoint(tmp_path / "t.pt", stage="teacher")
-    result = evaluate(teacher, stores["masked"], eval_cfg=EVAL, cam_method="layercam")
+    result = evaluate(teacher, stores["masked"], EvalRunConfig(metrics=EVAL, cam_method="layercam"))
     assert result.pixelcam is None and result.cam is not None  # its pixel head never trained
     assert result.cam.val_tau is None and result.cam.at_val_tau is None
-    plain = evaluate(_checkpoint(tmp_path / "m.pt"), stores["plain"], eval_cfg=EVAL)
+    plain = evaluate(_checkpoint(tmp_path / "m.pt"), stores["plain"], EvalRunConfig(metrics=EVAL))
     assert plain.pixelcam is None and plain.cam is None and plain.n_localised == 0
     assert plain.accuracy == pytest.approx(_oracle(tmp_path / "m.pt", stores["plain"])[0])
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from wsi_pixelcam.cli import main
-from wsi_pixelcam.config import EvalConfig, TileConfig, TrainConfig
+from wsi_pixelcam.config import EvalConfig, EvalRunConfig, TileConfig, TrainConfig
 from wsi_pixelcam.labels import LabelSource
 from wsi_pixelcam.model.checkpoint import load_checkpoint
 from wsi_pixelcam.tiling import tile_slide
@@ -69,7 +69,9 @@ def test_eval_scores_localisation_without_annotations(
     run: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     ckpt = run["result"].model_path
-    scored = evaluate(ckpt, [run["val"]], eval_cfg=EvalConfig(eval_px=32), device="cpu")
+    scored = evaluate(
+        ckpt, [run["val"]], EvalRunConfig(metrics=EvalConfig(eval_px=32), device="cpu")
+    )
     assert scored.n_localised == 64 and not scored.stores_without_masks
     assert scored.pixelcam is not None and 0.0 < scored.pixelcam.pxap <= 100.0
     assert scored.pixelcam.val_tau_source == "checkpoint"

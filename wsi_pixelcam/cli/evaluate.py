@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None or not args.stores:
         raise ManifestError("eval needs --model and --stores, or --heatmap and --annotations")
     from wsi_pixelcam.cli.progress import EpochBars
+    from wsi_pixelcam.config import EvalRunConfig
     from wsi_pixelcam.training.evaluate import evaluate
 
     annotations = None
@@ -66,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         }
     with EpochBars(disable=args.quiet) as bars:
         result = evaluate(
-            args.model, args.stores, val_store_paths=args.val_stores, cam_method=args.cam_method,
-            annotations=annotations, device=args.device, progress=bars.task,
+            args.model, args.stores, EvalRunConfig(cam_method=args.cam_method, device=args.device),
+            val_store_paths=args.val_stores, annotations=annotations, progress=bars.task,
         )  # fmt: skip
     print(
         f"{result.checkpoint} ({result.stage}) on {len(result.stores)} store(s), "

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from wsi_pixelcam.config import EvalConfig
+from wsi_pixelcam.config import EvalConfig, EvalRunConfig
 from wsi_pixelcam.data.masks import add_masks_from_annotations
 from wsi_pixelcam.data.patch_dataset import (
     PatchDataset,
@@ -28,7 +28,6 @@ from wsi_pixelcam.data.patch_dataset import (
 from wsi_pixelcam.data.transforms import EvalTransform
 from wsi_pixelcam.errors import DataError, OutputError
 from wsi_pixelcam.metrics import LocalizationAccumulator, LocalizationScores
-from wsi_pixelcam.model.cam import CamMethod
 from wsi_pixelcam.model.checkpoint import CheckpointMeta, load_checkpoint
 from wsi_pixelcam.model.device import resolve_device
 from wsi_pixelcam.model.pixelcam import PixelCAM
@@ -88,15 +87,10 @@ class EvaluationResult:
 def evaluate(
     checkpoint: str | Path,
     store_paths: Sequence[str | Path],
+    cfg: EvalRunConfig | None = None,
     *,
     val_store_paths: Sequence[str | Path] | None = None,
-    eval_cfg: EvalConfig | None = None,
-    cam_method: CamMethod = CamMethod.CAM,
     annotations: Mapping[str | Path, str | Path] | None = None,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    device: str = "auto",
-    amp: bool = True,
     progress: TaskProgress | None = None,
 ) -> EvaluationResult:
     """Evaluate ``checkpoint`` on ``store_paths`` (see the module docstring).
@@ -105,15 +99,15 @@ def evaluate(
     are rasterised from it first (replacing stored ones). Raises DataError for stores that do
     not fit the checkpoint (tiling, classes) and CheckpointError for a bad checkpoint.
     """
-    cfg = eval_cfg or EvalConfig()
+    cfg = cfg or EvalRunConfig()
     if not store_paths:
         raise DataError("no patch stores to evaluate")
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(cfg.device)
     model, meta = load_checkpoint(checkpoint, map_location=torch_device)
     for store, geojson in (annotations or {}).items():
         add_masks_from_annotations(store, geojson)
     infos = _checked(meta, store_paths)
-    run = _Runner(model, meta, cfg, cam_method, batch_size, num_workers, torch_device, amp)
+    run = _Runner(model, meta, cfg, torch_device)
     with_masks = [i for i in infos if i.has_masks]
     without = [i for i in infos if not i.has_masks]
     accs = [run(with_masks, True, progress)] if with_masks else []
@@ -128,8 +122,8 @@ def evaluate(
     pixel = cam = None
     if located is not None and located.pixel is not None and located.cam is not None:
         if meta.stage == "pixelcam":
-            pixel = _map_eval(located.pixel, cfg, *val_taus["pixel"])
-        cam = _map_eval(located.cam, cfg, *val_taus["cam"])
+            pixel = _map_eval(located.pixel, cfg.metrics, *val_taus["pixel"])
+        cam = _map_eval(located.cam, cfg.metrics, *val_taus["cam"])
     return EvaluationResult(
         checkpoint=str(checkpoint),
         stage=meta.stage,
@@ -139,7 +133,7 @@ def evaluate(
         n_patches=total,
         n_localised=located.accuracy.total if located is not None else 0,
         accuracy=100.0 * correct / total,
-        cam_method=cam_method,
+        cam_method=cfg.cam_method,
         pixelcam=pixel,
         cam=cam,
     )
@@ -157,12 +151,8 @@ def _checked(meta: CheckpointMeta, store_paths: Sequence[str | Path]) -> list[St
 class _Runner:
     model: PixelCAM
     meta: CheckpointMeta
-    cfg: EvalConfig
-    cam_method: CamMethod
-    batch_size: int
-    num_workers: int
+    cfg: EvalRunConfig
     device: Any
-    amp: bool
 
     def __call__(
         self, infos: list[StoreInfo], with_masks: bool, progress: TaskProgress | None
@@ -175,9 +165,9 @@ class _Runner:
         )
         loader = make_loader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.cfg.batch_size,
             shuffle=False,
-            num_workers=self.num_workers,
+            num_workers=self.cfg.num_workers,
             seed=0,
             device=self.device,
         )
@@ -186,9 +176,9 @@ class _Runner:
             self.model,
             loader,
             device=self.device,
-            amp=self.amp,
-            cam_method=self.cam_method,
-            eval_px=self.cfg.eval_px,
+            amp=self.cfg.amp,
+            cam_method=self.cfg.cam_method,
+            eval_px=self.cfg.metrics.eval_px,
             with_masks=with_masks,
             report=report,
         )
@@ -212,8 +202,8 @@ def _val_taus(
         accs = run(infos, True, progress)
         assert accs.pixel is not None and accs.cam is not None
         return {
-            "pixel": (accs.pixel.best_tau(run.cfg.tau_metric), "validation stores"),
-            "cam": (accs.cam.best_tau(run.cfg.tau_metric), "validation stores"),
+            "pixel": (accs.pixel.best_tau(run.cfg.metrics.tau_metric), "validation stores"),
+            "cam": (accs.cam.best_tau(run.cfg.metrics.tau_metric), "validation stores"),
         }
     taus: dict[str, tuple[float | None, str]] = {}
     for name in ("pixel", "cam"):
