@@ -46,6 +46,26 @@ def test_round_trip_and_atomic_rename(tmp_path, compression):
         assert error.mean() < 3
 
 
+def test_views_into_a_larger_image_are_stored_exactly(tmp_path):
+    """Patches arrive as views into the reader's block; shards reuse their buffers, so an
+    early shard must hold its own patches, not later ones."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (32, 32 * 10, 3), dtype=np.uint8)
+    views = [image[:, 32 * i : 32 * (i + 1)] for i in range(10)]
+    assert not views[1].flags.c_contiguous
+    final = tmp_path / "s.zarr"
+    writer = PatchStoreWriter(
+        final, patch_px=32, capacity=10, compression="lossless", shard_mib=0.01
+    )
+    with pytest.raises(ValueError, match="shape"):
+        writer.append(image[:16, :32], (0, 0), 1.0)
+    for i, view in enumerate(views):
+        writer.append(view, (i * 32, 0), 1.0)
+    writer.finalize(_meta(10, 32))
+    stored = open_patch_store(final).patches[...]
+    assert np.array_equal(stored, np.stack(views))
+
+
 def test_random_patch_read_touches_one_shard(tmp_path):
     final = tmp_path / "s.zarr"
     writer = PatchStoreWriter(final, patch_px=32, capacity=9, shard_mib=0.01)

@@ -96,38 +96,48 @@ class PatchStoreWriter:
             # write time when profiled)
             config={"write_empty_chunks": True},
         )
-        self._buffer: list[np.ndarray] = []
-        self._coords: list[np.ndarray] = []
+        # one shard fills while the other is encoded and written in the background; both
+        # are reused, so no patch is copied twice and no shard-sized array is allocated anew
+        shard_shape = (self._shard, patch_px, patch_px, 3)
+        self._filling = np.empty(shard_shape, np.uint8)
+        self._spare = np.empty(shard_shape, np.uint8)
+        self._filled = 0
+        self._coords: list[tuple[int, int]] = []
         self._tissue: list[float] = []
         self._written = 0
-        # one shard is encoded and written in the background while the next one fills
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-store")
         self._pending: Future[None] | None = None
 
     @property
     def count(self) -> int:
-        return self._written + len(self._buffer)
+        return self._written + self._filled
 
     def append(self, patch: np.ndarray, xy_level0: tuple[int, int], tissue_frac: float) -> None:
-        self._buffer.append(patch)
-        self._coords.append(np.asarray(xy_level0, dtype=np.int64))
-        self._tissue.append(float(tissue_frac))
-        if len(self._buffer) == self._shard:
+        """Copy ``patch`` (P, P, 3) uint8, which may be a view into a larger image."""
+        if patch.shape != self._filling.shape[1:]:
+            raise ValueError(
+                f"patch of shape {patch.shape}, the store holds {self._filling.shape[1:]}"
+            )
+        self._filling[self._filled] = patch
+        self._filled += 1
+        self._coords.append(xy_level0)
+        self._tissue.append(tissue_frac)
+        if self._filled == self._shard:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._buffer:
+        if not self._filled:
             return
         start = self._written
-        stop = start + len(self._buffer)
+        stop = start + self._filled
+        self._wait()  # at most one shard in flight: the spare buffer is free again
         if stop > self._patches.shape[0]:
-            self._wait()
             self._patches.resize((stop, *self._patches.shape[1:]))
-        block = np.stack(self._buffer)
-        self._wait()  # at most one shard in flight: memory stays at two shards
+        block = self._filling[: self._filled]
         self._pending = self._writer.submit(self._patches.__setitem__, slice(start, stop), block)
+        self._filling, self._spare = self._spare, self._filling
         self._written = stop
-        self._buffer.clear()
+        self._filled = 0
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -176,9 +186,8 @@ class PatchStoreWriter:
                 f"the writer holds {n} of {self.patch_px} px"
             )
         self._patches.resize((n, *self._patches.shape[1:]))
-        coords = np.stack(self._coords) if self._coords else np.zeros((0, 2), np.int64)
         small: dict[str, np.ndarray] = {
-            "coords": coords.astype(np.int64),
+            "coords": np.asarray(self._coords, dtype=np.int64).reshape(n, 2),
             "tissue_frac": np.asarray(self._tissue, dtype=np.float32),
             "labels": (np.full(n, -1, np.int16) if labels is None else labels.astype(np.int16)),
             "label_coverage": (

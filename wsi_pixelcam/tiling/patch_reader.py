@@ -127,7 +127,11 @@ def _read_reduced(
 
 @dataclass(frozen=True)
 class PatchRead:
-    """One patch, or ``None`` pixels with the error when its region could not be decoded."""
+    """One patch, or ``None`` pixels with the error when its region could not be decoded.
+
+    ``pixels`` may be a view into its block: consumers copy it where they keep it (the store
+    writer and the inference batches do), so no patch is copied twice on its way out.
+    """
 
     index: int
     pixels: np.ndarray | None
@@ -174,9 +178,7 @@ def _read_block(
     reads = []
     for i in block.indices:
         x, y = target_xy[i, 0] - block.x0, target_xy[i, 1] - block.y0
-        reads.append(
-            PatchRead(int(i), np.ascontiguousarray(pixels[y : y + patch_px, x : x + patch_px]))
-        )
+        reads.append(PatchRead(int(i), pixels[y : y + patch_px, x : x + patch_px]))
     return reads
 
 
