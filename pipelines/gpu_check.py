@@ -8,6 +8,13 @@ AMP) for a few epochs, infers the slide, and prints patches/s of each training s
 inference, and the peak GPU memory; ``OUT/gpu_check.json`` keeps the same figures. Sized to
 finish in a few minutes on one modern GPU.
 
+Then (``--bench``, the default on CUDA) it runs ``tests/benchmarks/bench_all.py --only
+infer,e2e`` into ``OUT/bench`` and prints its one table: the model alone, ``predict_source``,
+streaming and whole ``infer_slide`` on a store, and slide file -> GeoJSON on a generated
+100k x 100k px JPEG slide, streamed and store-first, each as a ratio to the model alone, and
+whether the streamed ROIs equal a lossless store's. ``--bench-quick`` uses bench_all's quick
+sizes (a 12k px slide, ResNet-18).
+
 ``--device cpu`` with a tiny encoder and small patches runs the same path without a GPU (no
 AMP, no GPU memory figure): the test suite does that so that the script is known to work
 before GPU time is spent on it.
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +54,23 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--patch-px", type=int, default=224)
     parser.add_argument("--mpp", type=float, default=0.5, help="patch resolution, um/px")
     parser.add_argument("--workers", type=int, default=8, help="loader processes")
+    parser.add_argument(
+        "--bench",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="then run bench_all's infer and e2e rows (default: on CUDA only)",
+    )
+    parser.add_argument("--bench-quick", action="store_true", help="bench_all's quick sizes")
     return parser.parse_args()
+
+
+def run_benchmarks(out: Path, device: str, quick: bool) -> int:
+    """bench_all's inference rows on this device; it prints (and keeps) the table."""
+    script = Path(__file__).resolve().parents[1] / "tests" / "benchmarks" / "bench_all.py"
+    cmd = [sys.executable, str(script), "--out", str(out), "--only", "infer,e2e"]
+    cmd += ["--device", device] + (["--quick"] if quick else [])
+    print("$ " + " ".join(cmd), flush=True)
+    return subprocess.run(cmd, check=False).returncode
 
 
 def main() -> None:
@@ -120,6 +145,10 @@ def main() -> None:
     if cuda:
         print(f"peak GPU memory: {report['peak_gpu_memory_gib']:.2f} GiB")
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
+    if args.bench if args.bench is not None else cuda:
+        code = run_benchmarks(args.out / "bench", args.device, args.bench_quick)
+        if code:
+            raise SystemExit(f"gpu_check: bench_all exited {code}; see {args.out / 'bench'}")
 
 
 if __name__ == "__main__":

@@ -140,3 +140,24 @@ def test_report_files_and_only(tmp_path: Path) -> None:
     assert bench_all.parse_only("stitch, tile") == ["tile", "stitch"]
     with pytest.raises(argparse.ArgumentTypeError):
         bench_all.parse_only("tile,gpu")
+
+
+def test_e2e_rows_compare_streaming_with_store_first_and_the_model() -> None:
+    def run(seconds: float, n: int = 700) -> dict:
+        return {"seconds": seconds, "patches_per_s": n / seconds}
+
+    data = {
+        "slide_px": 12_000,
+        "n_patches": 700,
+        "memory_patches_per_s": 20.0,
+        "runs": {"stream": run(40.0), "store": run(50.0), "lossless": run(55.0)},
+        "rois_equal_lossless": True,
+    }
+    seconds, stream, store, rois = bench_all.e2e_rows(data)
+    assert seconds.measure == "12k px slide, 700 patches: streaming to GeoJSON"
+    assert seconds.ratio == pytest.approx(0.8) and seconds.met == "yes"  # faster: <= 1
+    assert stream.ratio == pytest.approx(17.5 / 20) and stream.met == "-"
+    assert store.ratio == pytest.approx(14.0 / 20)
+    assert rois.met == "yes"
+    slower = {**data, "runs": {**data["runs"], "stream": run(60.0)}, "rois_equal_lossless": False}
+    assert [r.met for r in bench_all.e2e_rows(slower)] == ["no", "-", "-", "no"]

@@ -246,6 +246,7 @@ def infer_job(
     model_path: str,
     out_dir: str,
     overwrite: bool = False,
+    keep_store: bool = False,
     stores_dir: str | None = None,
     mpp_override: float | None = None,
 ) -> tuple[str, str, dict[str, Any]]:
@@ -259,6 +260,7 @@ def infer_job(
         cfg,
         out_dir,
         slide_id=job.slide_id,
+        keep_store=keep_store,
         stores_dir=stores_dir,
         mpp_override=job.mpp if job.mpp is not None else mpp_override,
         overwrite=overwrite,

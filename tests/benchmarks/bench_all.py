@@ -5,12 +5,13 @@ Run on demand (not part of the test suite):
     python tests/benchmarks/bench_all.py --out /tmp/bench_all                  # GPU workstation
     python tests/benchmarks/bench_all.py --out /tmp/bench_all --quick          # ~5-8 min, 2 CPUs
     python tests/benchmarks/bench_all.py --out /tmp/ba --only tile,stitch --device cpu
+    python tests/benchmarks/bench_all.py --out /tmp/ba --only infer,e2e --device cuda   # GPU check
 
 Each benchmark runs as its own subprocess (``HF_HUB_OFFLINE=1``) with the sizes below
 (``--quick`` shrinks them). Its raw JSON and log stay under ``--out`` (``tile.json``,
-``train/bench_train.json``, ``infer.json``, ``stitch.json``, ``<name>.log``); the table is
-printed and written as ``bench_all.json`` and ``bench_all.md``. A benchmark that fails gives
-one ``failed`` row with the last line of its stderr, the others still run, and the exit
+``train/bench_train.json``, ``infer.json``, ``e2e.json``, ``stitch.json``, ``<name>.log``); the
+table is printed and written as ``bench_all.json`` and ``bench_all.md``. A benchmark that fails
+gives one ``failed`` row with the last line of its stderr, the others still run, and the exit
 status is 1. Targets missed are reported in the ``met`` column, not in the exit status.
 
 Rows (ratio = value / bound; ``met`` is ``-`` where there is no target):
@@ -22,6 +23,9 @@ Rows (ratio = value / bound; ``met`` is ``-`` where there is no target):
   infer   ``predict_store`` patches/s vs the model on in-memory batches          >= 0.90
   infer   streaming (predict + background stitching) vs in-memory                report
   infer   whole ``infer_slide`` (also heatmap, overlay, ROIs, GeoJSON) vs memory  report
+  e2e     slide file -> GeoJSON seconds: streaming ``infer SLIDE`` vs store-first  <= 1.0
+  e2e     whole slide patches/s, streaming and store-first, vs the model alone     report
+  e2e     streamed ROIs equal a lossless store's on the same grid (1 = yes)       >= 1
   stitch  per slide side: stitching + finalise + ROIs + GeoJSON seconds           report
   stitch  per slide side: peak RSS MiB vs 2 GiB                                   <= 1.0
   report  HTML report build seconds for 1,000 slide summaries                     report
@@ -47,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("tile", "train", "infer", "stitch", "report")
+BENCHMARKS = ("tile", "train", "infer", "e2e", "stitch", "report")
 COLUMNS = ("benchmark", "measure", "value", "bound", "ratio", "target", "met")
 RSS_BOUND_MIB = 2048.0
 
@@ -178,6 +182,21 @@ def infer_rows(data: dict[str, Any]) -> list[Row]:
     ]
 
 
+def e2e_rows(data: dict[str, Any]) -> list[Row]:
+    """Rows from ``bench_infer.py e2e --json``: one slide, three paths, one model rate."""
+    runs, memory = data["runs"], data["memory_patches_per_s"]
+    stream, store = runs["stream"], runs["store"]
+    slide = f"{data['slide_px'] // 1000}k px slide, {data['n_patches']} patches"
+    equal = float(data["rois_equal_lossless"])
+    return [
+        Row("e2e", f"{slide}: streaming to GeoJSON", stream["seconds"], "s", store["seconds"],
+            "store-first, JPEG", AT_MOST_1),
+        _per_s("e2e", "streaming, whole slide", stream["patches_per_s"], memory, "model alone"),
+        _per_s("e2e", "store-first, whole slide", store["patches_per_s"], memory, "model alone"),
+        Row("e2e", "ROIs equal a lossless store's", equal, "", 1.0, "equal", Target(">=", 1.0)),
+    ]  # fmt: skip
+
+
 def stitch_rows(data: list[dict[str, Any]]) -> list[Row]:
     """Rows from ``bench_infer.py stitch --json``: one entry per slide side."""
     rows = []
@@ -218,6 +237,7 @@ class Sizes:
     infer: tuple[str, ...]
     stitch_sides: tuple[int, ...]
     report_slides: int = 1000
+    e2e: tuple[str, ...] = ()
 
 
 FULL = Sizes(
@@ -229,6 +249,7 @@ FULL = Sizes(
     infer_n=32_768,
     infer=tuple("--encoder resnet50 --stride8 --batch-size 128 --workers 8".split()),
     stitch_sides=(25_000, 50_000, 100_000),
+    e2e=tuple("--size 100000 --encoder resnet50 --batch-size 128 --workers 8".split()),
 )
 QUICK = Sizes(
     slide_px=16_000,
@@ -236,6 +257,9 @@ QUICK = Sizes(
     infer_n=512,
     infer=tuple("--encoder resnet18 --batch-size 64 --workers 2 --repeats 1".split()),
     stitch_sides=(25_000, 50_000),
+    e2e=tuple(
+        "--size 12000 --encoder resnet18 --stride-px 224 --batch-size 32 --workers 1".split()
+    ),
 )
 
 
@@ -261,6 +285,9 @@ def benches(out: Path, sizes: Sizes, device: str) -> dict[str, Bench]:
     infer += ["--work", str(out / f"infer-n{n}"), "--json", str(out / "infer.json")]
     sides = [str(side) for side in sizes.stitch_sides]
     stitch = [py, infer_py, "stitch", "--sides", *sides, "--json", str(out / "stitch.json")]
+    # the generated slide stays in --out and is reused by later runs of the same size
+    e2e = [py, infer_py, "e2e", "--device", device, "--work", str(out / "e2e")]
+    e2e += ["--json", str(out / "e2e.json"), *sizes.e2e]
     report = [py, str(HERE / "bench_report.py"), "--out", str(out / "report")]
     report += ["--slides", str(sizes.report_slides), "--json", str(out / "report.json")]
     return {
@@ -269,6 +296,7 @@ def benches(out: Path, sizes: Sizes, device: str) -> dict[str, Bench]:
             "train", [[*train, *sizes.train]], out / "train" / "bench_train.json", train_rows
         ),
         "infer": Bench("infer", [[*infer, *sizes.infer]], out / "infer.json", infer_rows),
+        "e2e": Bench("e2e", [e2e], out / "e2e.json", e2e_rows),
         "stitch": Bench("stitch", [stitch], out / "stitch.json", stitch_rows),
         "report": Bench("report", [report], out / "report.json", report_rows),
     }

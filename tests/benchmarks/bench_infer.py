@@ -4,11 +4,12 @@ Run on demand (not part of the test suite):
 
     python tests/benchmarks/bench_infer.py throughput --encoder resnet50 --stride8   # GPU
     python tests/benchmarks/bench_infer.py stitch --sides 25000 50000 100000
+    python tests/benchmarks/bench_infer.py e2e --size 100000 --encoder resnet50   # GPU
 
 ``throughput`` writes one patch store (random stained texture, JPEG, 224 px at 0.5 um/px),
 then on that store and the same model and batch size measures patches/s of
   memory     ``predict_batches`` on the batches already decoded in (pinned) host memory
-  predict    ``predict_store``: worker processes read and decode the store, then the model
+  predict    ``predict_source`` on the store: worker processes read and decode it, then the model
   stream     ``infer_slide``'s streaming part: prediction with stitching in its background
              thread (summary timings predict + stitch_tail)
   infer      ``infer_slide`` as a whole: also finalising the heatmap, overlay, ROIs, GeoJSON
@@ -18,6 +19,15 @@ covering about a third of the slide, with round "tumour" blobs) through the Stit
 2 um/px foreground heatmap and the 2 class probabilities into a one-pixel-per-patch map (as
 infer writes them), then finalises both, extracts the ROIs with their measurements and writes
 rois.geojson. It reports each step's time and the subprocess's peak RSS.
+``e2e`` times slide file -> GeoJSON on a generated JPEG-tiled slide (``make_slide.py``,
+written once into ``--work`` and reused) with a random-weight model, in one run:
+  stream     ``infer_slide(SLIDE)``: patches cut from the slide while the model runs
+  store      ``infer_slide(SLIDE, keep_store=True)``: tiled into a JPEG patch store first (the
+             old default), then the store inferred
+  lossless   the same into a lossless store: its ROIs must equal the stream's (JPEG changes
+             pixels, so only a lossless store can be compared exactly)
+  memory     the model alone on the stream's first batches held in memory (patches/s)
+The ROI threshold is the median foreground of those first batches, so the ROIs are not empty.
 """
 
 from __future__ import annotations
@@ -97,10 +107,11 @@ def run_throughput(args: argparse.Namespace) -> dict:
 
     from wsi_pixelcam.config import InferConfig
     from wsi_pixelcam.inference.infer import infer_slide
+    from wsi_pixelcam.inference.patch_source import StoreSource
     from wsi_pixelcam.inference.predict import (
         InferenceModel,
         predict_batches,
-        predict_store,
+        predict_source,
     )
     from wsi_pixelcam.model.checkpoint import CheckpointMeta
     from wsi_pixelcam.model.device import resolve_device
@@ -139,7 +150,8 @@ def run_throughput(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
 
     def in_memory() -> int:
-        numbered = ((i * cfg.batch_size, b) for i, b in enumerate(batches))
+        starts = range(0, n, cfg.batch_size)
+        numbered = ((np.arange(i, i + len(b)), b) for i, b in zip(starts, batches, strict=True))
         return sum(
             len(p.class_probs)
             for p in predict_batches(network, meta, numbered, device, amp=cfg.amp)
@@ -156,7 +168,7 @@ def run_throughput(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         first_s = 0.0
         count = 0
-        for p in predict_store(store, model, cfg):
+        for p in predict_source(StoreSource(store), model, cfg):
             first_s = first_s or time.perf_counter() - t0
             count += len(p.class_probs)
         sync()
@@ -192,6 +204,123 @@ def run_throughput(args: argparse.Namespace) -> dict:
         "store_write_s": round(write_s, 1),
         **results,
     }
+
+
+# --- slide file to GeoJSON ----------------------------------------------------------------
+
+
+def run_e2e(args: argparse.Namespace) -> dict:
+    import shutil
+
+    import torch
+    from make_slide import write_benchmark_slide
+
+    from wsi_pixelcam.config import InferConfig
+    from wsi_pixelcam.inference.infer import infer_slide
+    from wsi_pixelcam.inference.predict import InferenceModel, predict_batches
+    from wsi_pixelcam.inference.settings import tile_config
+    from wsi_pixelcam.inference.slide_stream import SlideStream
+    from wsi_pixelcam.model.checkpoint import CheckpointMeta
+    from wsi_pixelcam.model.device import resolve_device
+    from wsi_pixelcam.model.encoders import build_encoder
+    from wsi_pixelcam.model.pixelcam import PixelCAM
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    slide = work / f"e2e-slide-{args.size}.svs"
+    t0 = time.perf_counter()
+    if not slide.exists():  # lazily generated once; a half-written one is never reused
+        write_benchmark_slide(work / f"e2e-slide-{args.size}.part.svs", args.size, MPP0)
+        (work / f"e2e-slide-{args.size}.part.svs").rename(slide)
+    slide_s = time.perf_counter() - t0
+    torch.manual_seed(0)
+    network = PixelCAM(build_encoder(args.encoder, stride8_no_dilation=args.stride8), 2).eval()
+    meta = CheckpointMeta(
+        class_names=("normal", "tumor"), input_px=args.patch_px, mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225), mpp=PATCH_MPP, patch_px=args.patch_px,
+    )  # fmt: skip
+    model = InferenceModel(network, meta, args.encoder)
+    tile = {"stride_px": args.stride_px} if args.stride_px else {}
+    cfg = InferConfig(
+        batch_size=args.batch_size, num_workers=args.workers, device=args.device, amp=args.amp,
+        write_tiles=False, tile=tile,
+    )  # fmt: skip
+    device = resolve_device(cfg.device)
+    network.to(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # the model alone: the stream's first batches, held in (pinned) memory
+    with SlideStream(slide, tile_config(cfg, meta), None, None) as stream:
+        n_patches = len(stream)
+        held = []
+        for rows, patches in stream.batches(
+            cfg.batch_size, workers=0, pin_memory=device.type == "cuda"
+        ):
+            held.append((rows, patches.clone().pin_memory() if device.type == "cuda" else patches))
+            if len(held) == args.memory_batches:
+                break
+    fg = [p.fg_maps.mean() for p in predict_batches(network, meta, held, device, amp=cfg.amp)]
+    cfg = cfg.model_copy(update={"threshold": float(np.median(fg))})
+    sync()
+    t0 = time.perf_counter()
+    n_memory = sum(len(p.rows) for p in predict_batches(network, meta, held, device, amp=cfg.amp))
+    sync()
+    memory_per_s = n_memory / (time.perf_counter() - t0)
+
+    lossless = cfg.model_copy(
+        update={"tile": cfg.tile.model_copy(update={"store": {"compression": "lossless"}})}
+    )
+    runs = {"stream": (cfg, False), "store": (cfg, True), "lossless": (lossless, True)}
+    results: dict[str, dict] = {}
+    for name, (run_cfg, keep_store) in runs.items():
+        out = work / f"e2e-out-{name}"
+        shutil.rmtree(out, ignore_errors=True)  # every path starts from the slide file
+        sync()
+        t0 = time.perf_counter()
+        result = infer_slide(slide, model, run_cfg, out, keep_store=keep_store)
+        sync()
+        seconds = time.perf_counter() - t0
+        summary = json.loads((Path(result.out_dir) / "summary.json").read_text())
+        results[name] = {
+            "seconds": round(seconds, 2),
+            "patches_per_s": round(result.n_patches / seconds, 1),
+            "vs_memory": round(result.n_patches / seconds / memory_per_s, 3),
+            "n_patches": result.n_patches,
+            "n_rois": result.n_rois,
+            "timings_s": summary["timings_s"],
+        }
+    rois = {name: _roi_features(work / f"e2e-out-{name}") for name in runs}
+    return {
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "encoder": args.encoder,
+        "slide_px": args.size,
+        "slide_bytes": slide.stat().st_size,
+        "slide_write_s": round(slide_s, 1),
+        "patch_px": args.patch_px,
+        "stride_px": tile_config(cfg, meta).stride,
+        "n_patches": n_patches,
+        "batch_size": cfg.batch_size,
+        "threshold": cfg.threshold,
+        "memory_patches_per_s": round(memory_per_s, 1),
+        "runs": results,
+        "stream_vs_store": round(results["stream"]["seconds"] / results["store"]["seconds"], 3),
+        "rois_equal_lossless": rois["stream"] == rois["lossless"],
+        "rois_equal_jpeg_store": rois["stream"] == rois["store"],
+    }
+
+
+def _roi_features(out: Path) -> list[dict]:
+    """The ROI features of the one slide under ``out``, without their random UUIDs."""
+    (path,) = out.glob("*/rois.geojson")
+    return [
+        {k: v for k, v in feature.items() if k != "id"}
+        for feature in json.loads(path.read_text())["features"]
+    ]
 
 
 # --- stitching at whole-slide size ----------------------------------------------------------
@@ -313,9 +442,23 @@ def main() -> None:
     thr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
     thr.add_argument("--repeats", type=int, default=2)
     thr.add_argument("--work", help="folder for the store and outputs (default: a temp dir)")
+    e2e = sub.add_parser("e2e")
+    e2e.add_argument("--size", type=int, default=100_000, help="slide side, level-0 px")
+    e2e.add_argument("--encoder", default="resnet50")
+    e2e.add_argument("--stride8", action="store_true", help="the paper's stride-8 ResNet")
+    e2e.add_argument("--patch-px", type=int, default=PATCH_PX)
+    e2e.add_argument("--stride-px", type=int, help="default: infer's half patch")
+    e2e.add_argument("--batch-size", type=int, default=128)
+    e2e.add_argument("--workers", type=int, default=8, help="loader processes (store path)")
+    e2e.add_argument(
+        "--memory-batches", type=int, default=4, help="batches the model-alone rate uses"
+    )
+    e2e.add_argument("--device", default="auto")
+    e2e.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True)
+    e2e.add_argument("--work", type=Path, required=True, help="slide (reused) and outputs")
     st = sub.add_parser("stitch")
     st.add_argument("--sides", type=int, nargs="+", default=[25_000, 50_000, 100_000])
-    for mode in (thr, st):
+    for mode in (thr, st, e2e):
         mode.add_argument("--json", type=Path, help="also write the results as JSON")
     one = sub.add_parser("_stitch-one")
     one.add_argument("side", type=int)
@@ -325,7 +468,10 @@ def main() -> None:
         print(json.dumps(stitch_once(args.side, args.out)))
         return
     report: dict | list[dict]
-    if args.mode == "throughput":
+    if args.mode == "e2e":
+        report = run_e2e(args)
+        print(json.dumps(report, indent=1))
+    elif args.mode == "throughput":
         if args.work:
             report = run_throughput(args)
         else:

@@ -85,10 +85,13 @@ def test_slide_end_to_end_gives_the_tissue_box_as_one_roi(inferred, layout):
     assert result.status == "ok" and result.out_dir == str(slide_dir)
     assert result.n_patches == 64 and result.n_rois == 1
     assert sorted(p.name for p in slide_dir.iterdir()) == [
-        "class_probs.zarr", "heatmap.zarr", "overlay.png", "rois.geojson", "summary.json",
+        "class_probs.zarr", "heatmap.zarr", "overlay.png", "qc", "rois.geojson", "summary.json",
         "tiles.geojson",
     ]  # fmt: skip
-    assert (out / "stores" / "svs_slide.zarr").is_dir()  # tiled with the checkpoint's settings
+    assert not (out / "stores").exists()  # streamed from the slide: no patch store
+    assert sorted(p.name for p in (slide_dir / "qc").iterdir()) == [
+        "thumbnail.png", "tissue.geojson", "tissue_mask.png", "tissue_overlay.png",
+    ]  # fmt: skip
     assert _leftovers(out) == []
     validate_geojson_file(slide_dir / "rois.geojson")
     (roi,) = json.loads((slide_dir / "rois.geojson").read_text())["features"]
@@ -145,6 +148,12 @@ def test_summary_tiles_and_overlay(inferred, slides):
     assert "tissue fraction" in summary["prediction"]["rule"]
     assert summary["rois"]["count"] == 1 and summary["rois"]["threshold_source"] == "config"
     assert set(summary["timings_s"]) >= {"tile", "predict", "stitch_busy", "rois", "total"}
+    assert summary["source"]["store"] is None and summary["files"]["qc"] == "qc"
+    assert summary["source"]["streamed_from"] == str(slides["svs"])
+    assert summary["source"]["n_patches"] == 64 and summary["source"]["n_unreadable_patches"] == 0
+    identity = summary["params"]["store"]  # the slide and its grid, not a store
+    assert identity["slide"] == str(slides["svs"].resolve()) and len(identity["content_hash"]) == 64
+    assert identity["grid"]["stride_px"] == tiny.PATCH_PX
     validate_geojson_file(slide_dir / "tiles.geojson")
     tiles = json.loads((slide_dir / "tiles.geojson").read_text())["features"]
     assert len(tiles) == 64
@@ -154,8 +163,7 @@ def test_summary_tiles_and_overlay(inferred, slides):
     assert first["prob"] == pytest.approx(CLASS_PROBS[1], abs=1e-5)
     assert first["fg_mean"] == pytest.approx(FG, abs=1e-5)
     assert shape(tiles[0]["geometry"]).area == 256 * 256
-    store = zarr.open_group(out / "stores" / "svs_slide.zarr", mode="r")
-    thumb = np.asarray(store["thumbnail"][...])
+    thumb = np.asarray(Image.open(slide_dir / "qc" / "thumbnail.png"))
     overlay = np.asarray(Image.open(slide_dir / "overlay.png"))
     assert overlay.shape == thumb.shape
     assert not np.array_equal(overlay, thumb)  # the heatmap is drawn on the tissue
@@ -342,3 +350,38 @@ def test_infer_job_loads_the_checkpoint_in_the_worker(store_path, tmp_path):
     assert details["n_rois"] == 1 and details["predicted_class"] == "Tumor"
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         infer_job(job, cfg=_cfg(), model_path=str(tmp_path / "nope.pt"), out_dir=str(tmp_path))
+
+
+def _features_without_ids(path: Path) -> list[dict]:
+    features = json.loads(path.read_text())["features"]
+    return [{k: v for k, v in feature.items() if k != "id"} for feature in features]
+
+
+def test_streaming_equals_a_lossless_store_on_the_same_grid(slides, tmp_path):
+    """Streaming never JPEG-encodes, so it is compared with a store tiled losslessly on the
+    same (half-overlapping) grid: every output value and the ROIs' coordinates and
+    measurements exactly (the GeoJSON text but for each feature's random UUID)."""
+    model = InferenceModel(tiny.random_model(), tiny.meta(), "tiny-random")
+    lossless = {"store": {"compression": "lossless"}}
+    first = infer_slide(slides["svs"], model, _cfg(threshold=0.5, tile=lossless), tmp_path / "a")
+    fg = open_heatmap(Path(first.out_dir) / "heatmap.zarr").plane(0, 0)[:, :]
+    tau = float(np.nanmedian(fg))  # a threshold that cuts the random map in two
+    cfg = _cfg(threshold=tau, tile=lossless)
+    streamed = infer_slide(slides["svs"], model, cfg, tmp_path / "stream")
+    stored = infer_slide(slides["svs"], model, cfg, tmp_path / "store", keep_store=True)
+    assert (tmp_path / "store" / "stores" / "svs_slide.zarr").is_dir()
+    assert not (tmp_path / "stream" / "stores").exists()
+    assert streamed.n_patches == stored.n_patches > 64  # stride half the patch: more than 8 x 8
+    assert streamed.n_rois == stored.n_rois >= 1
+    assert streamed.class_probs == stored.class_probs
+    a, b = Path(streamed.out_dir), Path(stored.out_dir)
+    assert (a / "overlay.png").read_bytes() == (b / "overlay.png").read_bytes()
+    for name in ("rois.geojson", "tiles.geojson"):
+        assert _features_without_ids(a / name) == _features_without_ids(b / name), name
+    for name in ("heatmap.zarr", "class_probs.zarr"):
+        mine, theirs = open_heatmap(a / name), open_heatmap(b / name)
+        for channel in range(mine.levels[0].shape[0]):
+            np.testing.assert_array_equal(
+                mine.plane(0, channel)[:, :], theirs.plane(0, channel)[:, :]
+            )
+    assert np.nanstd(fg) > 0  # the random model's map varies: the comparison means something

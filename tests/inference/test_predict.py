@@ -1,4 +1,4 @@
-"""Prediction over a patch store: the model's own numbers for each patch, or a clear refusal."""
+"""Prediction over a patch source: the model's own numbers for each patch, or a clear refusal."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import torch
 from wsi_pixelcam.config import InferConfig, TileConfig
 from wsi_pixelcam.data.transforms import EvalTransform
 from wsi_pixelcam.errors import ModelError, TilingMismatchError
-from wsi_pixelcam.inference import predict
-from wsi_pixelcam.inference.predict import InferenceModel, predict_store
+from wsi_pixelcam.inference import patch_source
+from wsi_pixelcam.inference.patch_source import StoreSource
+from wsi_pixelcam.inference.predict import InferenceModel, predict_source
 from wsi_pixelcam.model.cam import compute_cam
 from wsi_pixelcam.model.device import resolve_device
 from wsi_pixelcam.store.patch_store import open_patch_store
@@ -47,8 +48,9 @@ def test_batches_cover_the_store_in_order_and_match_the_model(store_path, worker
     net, meta = tiny.random_model(), tiny.meta()
     store = open_patch_store(store_path)
     cfg = InferConfig(batch_size=24, num_workers=workers, teacher_cam=True, cam_method="cam")
-    batches = list(predict_store(store, InferenceModel(net, meta), cfg, cam_class=1))
-    assert [b.start for b in batches] == list(range(0, len(store), 24))
+    batches = list(predict_source(StoreSource(store), InferenceModel(net, meta), cfg, cam_class=1))
+    assert [b.rows[0] for b in batches] == list(range(0, len(store), 24))
+    assert np.array_equal(np.concatenate([b.rows for b in batches]), np.arange(len(store)))
     probs = np.concatenate([b.class_probs for b in batches])
     fg = np.concatenate([b.fg_maps for b in batches])
     cams = np.concatenate([b.cams for b in batches])
@@ -64,7 +66,9 @@ def test_batches_cover_the_store_in_order_and_match_the_model(store_path, worker
 def test_without_teacher_cam_the_cam_array_is_empty(store_path):
     store = open_patch_store(store_path)
     cfg = InferConfig(batch_size=len(store), num_workers=0)
-    (batch,) = predict_store(store, InferenceModel(tiny.random_model(), tiny.meta()), cfg)
+    (batch,) = predict_source(
+        StoreSource(store), InferenceModel(tiny.random_model(), tiny.meta()), cfg
+    )
     assert batch.cams.shape == (len(store), 0, 0)
 
 
@@ -81,7 +85,7 @@ def test_a_store_tiled_otherwise_is_refused_naming_both_values(store_path, chang
     store = open_patch_store(store_path)
     model = InferenceModel(tiny.random_model(), tiny.meta(**changes))
     with pytest.raises(TilingMismatchError) as info:
-        next(predict_store(store, model, InferConfig(num_workers=0)))
+        next(predict_source(StoreSource(store), model, InferConfig(num_workers=0)))
     for word in words:
         assert word in str(info.value)
     assert str(store.path) in str(info.value)
@@ -90,7 +94,8 @@ def test_a_store_tiled_otherwise_is_refused_naming_both_values(store_path, chang
 def test_mpp_within_tolerance_is_accepted(store_path):
     store = open_patch_store(store_path)
     model = InferenceModel(tiny.random_model(), tiny.meta(mpp=0.51))
-    batch = next(predict_store(store, model, InferConfig(num_workers=0, mpp_tolerance=0.05)))
+    cfg = InferConfig(num_workers=0, mpp_tolerance=0.05)
+    batch = next(predict_source(StoreSource(store), model, cfg))
     assert len(batch.class_probs) > 0
 
 
@@ -105,9 +110,9 @@ def test_device_requests():
 
 
 def test_no_worker_processes_inside_a_daemonic_process(monkeypatch):
-    assert predict._loader_workers(3) == 3
+    assert patch_source._loader_workers(3) == 3
     monkeypatch.setattr(multiprocessing, "current_process", lambda: SimpleNamespace(daemon=True))
-    assert predict._loader_workers(3) == 0
+    assert patch_source._loader_workers(3) == 0
 
 
 def test_fingerprint_changes_with_the_weights():

@@ -24,14 +24,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     infer = sub.add_parser(
         "infer",
         help="predict, stitch heatmaps and write QuPath GeoJSON ROIs for slides or stores",
-        description="Slides are tiled first with the checkpoint's resolution and patch size. "
-        "Each slide gets OUT/<slide_id>/ with heatmap.zarr, overlay.png, rois.geojson, "
+        description="Slides are cut into patches with the checkpoint's resolution and patch size "
+        "while the model runs (--keep-store: tiled into a patch store first). Each slide gets "
+        "OUT/<slide_id>/ with heatmap.zarr, overlay.png, rois.geojson, "
         "tiles.geojson and summary.json.",
     )
     infer.add_argument("inputs", nargs="*", type=Path, help="slides, stores or directories")
     infer.add_argument("--model", type=Path, required=True, help="PixelCAM checkpoint (.pt)")
     infer.add_argument("--out", type=Path, required=True, help="output directory")
-    infer.add_argument("--stores-dir", type=Path, help="where slides are tiled (OUT/stores)")
+    infer.add_argument(
+        "--keep-store",
+        action="store_true",
+        help="tile slides into patch stores first and infer those (default: stream from the slide)",
+    )
+    infer.add_argument(
+        "--stores-dir", type=Path, help="where --keep-store tiles slides (OUT/stores); implies it"
+    )
     add_config_options(infer, "configs/infer.yaml", "min_area_um2=5000")
     infer.add_argument("--threshold", type=float, help="ROI threshold in [0, 1]")
     infer.add_argument("--output-mpp", type=float, help="heatmap resolution (default 2 um/px)")
@@ -66,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         model_path=str(args.model.resolve()),
         out_dir=str(args.out),
         overwrite=args.overwrite,
+        keep_store=args.keep_store,
         stores_dir=str(args.stores_dir) if args.stores_dir else None,
         mpp_override=args.mpp,
     )

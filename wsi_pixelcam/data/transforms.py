@@ -56,6 +56,18 @@ def eval_input(
     return _normalise(images, mean, std)
 
 
+def uint8_eval_input(
+    patches: torch.Tensor, input_px: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> :func:`eval_input`, on the device ``patches`` are on.
+
+    Inference moves uint8 batches (a quarter of float32's bytes) and converts them where the
+    model runs; the eval transform uses the same function on the CPU, one patch at a time.
+    """
+    images = patches.permute(0, 3, 1, 2).float().div_(255.0)
+    return eval_input(images, input_px, mean, std)
+
+
 def _cam_tensor(cam: np.ndarray | None) -> torch.Tensor | None:
     return None if cam is None else torch.from_numpy(np.asarray(cam, dtype=np.float32))
 
@@ -71,7 +83,8 @@ class EvalTransform:
     def __call__(
         self, patch: np.ndarray, cam: np.ndarray | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        image = eval_input(to_float_image(patch)[None], self.input_px, self.mean, self.std)[0]
+        pixels = torch.from_numpy(np.ascontiguousarray(patch))[None]
+        image = uint8_eval_input(pixels, self.input_px, self.mean, self.std)[0]
         return image, _cam_tensor(cam)
 
 

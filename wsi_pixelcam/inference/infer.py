@@ -4,8 +4,10 @@ Outputs land in ``OUT/<slide_id>/``: ``heatmap.zarr`` (multiscale, at ``output_m
 0 the foreground probability, then the teacher CAM when asked for), ``class_probs.zarr`` (one
 channel per class, one pixel per grid stride: the patch resolution those values have),
 ``overlay.png``, ``rois.geojson``, optionally ``tiles.geojson[.gz]``, and ``summary.json``,
-written last. A slide file is tiled first into ``stores_dir`` with the checkpoint's
-resolution and patch size. Stitching runs in background threads while the model predicts."""
+written last. A slide file is streamed (:mod:`.slide_stream`: cut with the checkpoint's
+resolution and patch size while the model runs, its tissue QC files in ``qc/``), or, with
+``keep_store``, tiled first into a patch store. Stitching runs in background threads while
+the model predicts."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import math
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,19 +29,20 @@ from wsi_pixelcam.config import InferConfig
 from wsi_pixelcam.errors import ConfigError, ModelError, OutputError, StoreError
 from wsi_pixelcam.geo.geojson import write_geojson
 from wsi_pixelcam.inference import outputs
-from wsi_pixelcam.inference.predict import InferenceModel, check_store_fits, predict_store
+from wsi_pixelcam.inference.patch_source import PatchSource, StoreSource
+from wsi_pixelcam.inference.predict import InferenceModel, predict_source
 from wsi_pixelcam.inference.rois import Roi, extract_rois
 from wsi_pixelcam.inference.settings import resolve_threshold, roi_index, tile_config
+from wsi_pixelcam.inference.slide_stream import SlideStream
 from wsi_pixelcam.inference.stitch import Stitcher
 from wsi_pixelcam.inference.stitch_queue import StitchQueue
 from wsi_pixelcam.model.checkpoint import CheckpointMeta
+from wsi_pixelcam.progress import ProgressFn
 from wsi_pixelcam.store.heatmap_store import Heatmap, HeatmapStore, open_heatmap
 from wsi_pixelcam.store.lock import StoreLock
-from wsi_pixelcam.store.meta import PatchStoreMeta
 from wsi_pixelcam.store.outdir import ensure_writable_dir
 from wsi_pixelcam.store.patch_store import (
     TMP_MARK,
-    PatchStore,
     is_patch_store,
     open_patch_store,
     remove_stale_temporaries,
@@ -48,9 +51,6 @@ from wsi_pixelcam.store.patch_store import (
 from wsi_pixelcam.tiling import tile_slide
 
 logger = logging.getLogger(__name__)
-
-ProgressFn = Callable[[int, int], None]
-"""Called with (patches done, patches total) while a slide is predicted."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,7 @@ def infer_slide(
     out_dir: str | Path,
     *,
     slide_id: str | None = None,
+    keep_store: bool = False,
     stores_dir: str | Path | None = None,
     mpp_override: float | None = None,
     overwrite: bool = False,
@@ -85,59 +86,60 @@ def infer_slide(
     """Run inference for one slide file or patch store into ``out_dir/<slide_id>/``.
 
     Outputs complete with the same parameters are skipped; outputs made with others are
-    refused unless ``overwrite``. Slides are tiled into ``stores_dir`` (default
-    ``out_dir/stores``). Raises a WsiPixelcamError subclass naming the file on bad input.
+    refused unless ``overwrite``. A slide file is streamed from the slide, unless
+    ``keep_store`` (or a ``stores_dir``): then it is tiled into a patch store in
+    ``stores_dir`` (default ``out_dir/stores``) first, as ``tile`` would, and the store is
+    inferred. Raises a WsiPixelcamError subclass naming the file on bad input.
     """
     started = time.perf_counter()
     source, out_dir = Path(source), Path(out_dir)
     threshold, threshold_source = resolve_threshold(cfg, model.meta)
     roi_idx = roi_index(cfg, model.meta)
     ensure_writable_dir(out_dir)
+    stores = Path(stores_dir) if stores_dir else out_dir / "stores" if keep_store else None
     tile_s = time.perf_counter()
-    store = _open_or_tile(
-        source, model.meta, cfg, Path(stores_dir) if stores_dir else out_dir / "stores",
-        slide_id, mpp_override,
-    )  # fmt: skip
-    tile_s = time.perf_counter() - tile_s
-    slide_id = slide_id or store.slide_id
-    check_store_fits(store, model.meta, cfg.mpp_tolerance)
-    params = {
-        **cfg.output_params(),
-        "threshold": threshold,
-        "roi_class": model.meta.class_names[roi_idx],
-        "model_fingerprint": model.fingerprint(),
-        "store": _store_identity(store),
-    }
-    final = out_dir / slide_id
-    finished = _finished_result(final, params, overwrite, started)
-    if finished is not None:
-        return finished
-    with StoreLock(final):
-        # another run may have finished this slide between the check above and the lock
+    with _open_source(source, model.meta, cfg, stores, slide_id, mpp_override) as patches:
+        tile_s = time.perf_counter() - tile_s
+        slide_id = slide_id or patches.slide_id
+        patches.check_fits(model.meta, cfg.mpp_tolerance)
+        params = {
+            **cfg.output_params(),
+            "threshold": threshold,
+            "roi_class": model.meta.class_names[roi_idx],
+            "model_fingerprint": model.fingerprint(),
+            "store": patches.identity(),
+        }
+        final = out_dir / slide_id
         finished = _finished_result(final, params, overwrite, started)
         if finished is not None:
             return finished
-        remove_stale_temporaries(final)
-        tmp = final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
-        try:
-            tmp.mkdir()
-            summary = _infer_into(
-                tmp, store, model, cfg, slide_id, params, threshold_source, roi_idx, progress
-            )
-            summary["timings_s"]["tile"] = round(tile_s, 3)
-            summary["timings_s"]["total"] = round(time.perf_counter() - started, 3)
-            summary["source"]["input"] = str(source)
-            outputs.write_json(tmp / outputs.SUMMARY, summary)
-            replace_dir(tmp, final)
-        except OSError as exc:
-            if isinstance(exc, (OutputError, StoreError)):
-                raise
-            raise OutputError(
-                f"{final}: writing the outputs failed ({exc.strerror or exc}); "
-                "nothing was marked complete: free space or fix permissions and run again"
-            ) from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with StoreLock(final):
+            # another run may have finished this slide between the check above and the lock
+            finished = _finished_result(final, params, overwrite, started)
+            if finished is not None:
+                return finished
+            remove_stale_temporaries(final)
+            tmp = final.with_name(f"{final.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+            try:
+                tmp.mkdir()
+                summary = _infer_into(
+                    tmp, patches, model, cfg, slide_id, params, threshold_source, roi_idx,
+                    progress,
+                )  # fmt: skip
+                summary["timings_s"]["tile"] = round(tile_s, 3)
+                summary["timings_s"]["total"] = round(time.perf_counter() - started, 3)
+                summary["source"]["input"] = str(source)
+                outputs.write_json(tmp / outputs.SUMMARY, summary)
+                replace_dir(tmp, final)
+            except OSError as exc:
+                if isinstance(exc, (OutputError, StoreError)):
+                    raise
+                raise OutputError(
+                    f"{final}: writing the outputs failed ({exc.strerror or exc}); "
+                    "nothing was marked complete: free space or fix permissions and run again"
+                ) from exc
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     return _result_from_summary(summary, str(final), time.perf_counter() - started, "ok")
 
 
@@ -162,35 +164,28 @@ def _finished_result(
     return None
 
 
-def _open_or_tile(
+def _open_source(
     source: Path,
     meta: CheckpointMeta,
     cfg: InferConfig,
-    stores_dir: Path,
+    stores_dir: Path | None,
     slide_id: str | None,
     mpp_override: float | None,
-) -> PatchStore:
+) -> AbstractContextManager[PatchSource]:
+    """A patch store as it is; a slide file streamed, or tiled into ``stores_dir`` first."""
     if source.suffix == ".zarr" or is_patch_store(source):
-        return open_patch_store(source)
-    result = tile_slide(
-        source, tile_config(cfg, meta), stores_dir, slide_id=slide_id, mpp_override=mpp_override
-    )
+        return nullcontext(StoreSource(open_patch_store(source)))
+    tiling = tile_config(cfg, meta)
+    if stores_dir is None:
+        return SlideStream(source, tiling, slide_id, mpp_override)
+    result = tile_slide(source, tiling, stores_dir, slide_id=slide_id, mpp_override=mpp_override)
     logger.info("%s: %s patch store %s", source, result.status, result.store_path)
-    return open_patch_store(result.store_path)
-
-
-def _store_identity(store: PatchStore) -> dict[str, Any]:
-    return {
-        "path": str(store.path.resolve()),
-        "created": store.meta.created,
-        "n_patches": len(store),
-        "content_hash": store.meta.slide.content_hash,
-    }
+    return nullcontext(StoreSource(open_patch_store(result.store_path)))
 
 
 @dataclass(frozen=True)
 class _Geometry:
-    """Where the store's patches sit on the slide, in the units the outputs need."""
+    """Where the patches sit on the slide, in the units the outputs need."""
 
     mpp0: float  # level-0 um/px
     width0: int
@@ -201,31 +196,23 @@ class _Geometry:
     stride_level0: float
 
 
-def _geometry(store: PatchStore, cfg: InferConfig) -> _Geometry:
-    """The store's geometry; ConfigError/StoreError when no heatmap can be made from it."""
-    meta: PatchStoreMeta = store.meta
-    if meta.mpp_level0 is None or meta.patch_mpp is None:
-        raise StoreError(
-            f"{store.path}: the patch store does not know its resolution (um/px), so no heatmap "
-            "can be placed; write it with an mpp (or tile the slide file, passing --mpp)"
-        )
-    if cfg.output_mpp < meta.patch_mpp * (1 - 1e-6):
+def _geometry(patches: PatchSource, cfg: InferConfig) -> _Geometry:
+    """The patches' geometry; ConfigError/StoreError when no heatmap can be made from them."""
+    placed = patches.geometry()
+    if cfg.output_mpp < placed.patch_mpp * (1 - 1e-6):
         raise ConfigError(
-            f"output_mpp {cfg.output_mpp} is finer than the patches ({meta.patch_mpp:.4g} um/px); "
-            "the heatmap cannot be sharper than its input: raise output_mpp"
+            f"output_mpp {cfg.output_mpp} is finer than the patches ({placed.patch_mpp:.4g} "
+            "um/px); the heatmap cannot be sharper than its input: raise output_mpp"
         )
-    if len(store) == 0:
-        raise StoreError(f"{store.path}: the patch store holds no patches")
-    bounds = meta.slide.bounds_offset
-    width0, height0 = meta.slide.dimensions_level0
+    bounds = placed.bounds
     return _Geometry(
-        mpp0=meta.mpp_level0,
-        width0=width0,
-        height0=height0,
+        mpp0=placed.mpp0,
+        width0=placed.width0,
+        height0=placed.height0,
         bounds=bounds,
         frame_offset=(float(bounds[0]), float(bounds[1])) if cfg.frame == "qupath" else (0.0, 0.0),
-        patch_level0=meta.tiling.patch_level0,
-        stride_level0=meta.tiling.stride_level0,
+        patch_level0=placed.patch_level0,
+        stride_level0=placed.stride_level0,
     )
 
 
@@ -237,12 +224,13 @@ class _Predictions:
     fg_mean: np.ndarray  # (N,)
     fg_max: np.ndarray  # (N,)
     heatmap: Heatmap
+    n_predicted: int
     n_nonfinite: int
 
 
 def _infer_into(
     tmp: Path,
-    store: PatchStore,
+    patches: PatchSource,
     model: InferenceModel,
     cfg: InferConfig,
     slide_id: str,
@@ -252,23 +240,24 @@ def _infer_into(
     progress: ProgressFn | None,
 ) -> dict[str, Any]:
     """Write every output but the summary into ``tmp``; return the summary."""
-    geometry = _geometry(store, cfg)
+    geometry = _geometry(patches, cfg)
     class_names = model.meta.class_names
     channels = ["foreground"] + ([f"cam:{class_names[roi_index]}"] if cfg.teacher_cam else [])
     class_channels = [f"prob:{c}" for c in class_names]
     timings: dict[str, float] = {}
     predicted = _predict_and_stitch(
-        tmp, store, model, cfg, geometry, channels, class_channels,
+        tmp, patches, model, cfg, geometry, channels, class_channels,
         {"slide_id": slide_id, "model": model.name, **params}, roi_index, progress, timings,
     )  # fmt: skip
     t0 = time.perf_counter()
     outputs.write_overlay(
-        tmp / "overlay.png", store, predicted.heatmap, geometry.width0, geometry.height0,
-        cfg.overlay_alpha,
+        tmp / "overlay.png", patches.thumbnail(), predicted.heatmap, geometry.width0,
+        geometry.height0, cfg.overlay_alpha,
     )  # fmt: skip
+    qc_dir = patches.write_qc(tmp)
     timings["overlay"] = time.perf_counter() - t0
     rois, message, tiles_name = _write_vectors(
-        tmp, store, model, cfg, geometry, predicted, slide_id, float(params["threshold"]),
+        tmp, patches, model, cfg, geometry, predicted, slide_id, float(params["threshold"]),
         roi_index, timings,
     )  # fmt: skip
     return {
@@ -277,8 +266,8 @@ def _infer_into(
         "slide_id": slide_id,
         "message": message,
         "source": {
-            "store": str(store.path),
-            "n_patches": len(store),
+            **patches.describe(),
+            "n_patches": predicted.n_predicted,
             "n_nonfinite_patches": predicted.n_nonfinite,
         },
         "model": {
@@ -288,7 +277,7 @@ def _infer_into(
             "mpp": model.meta.mpp,
             "patch_px": model.meta.patch_px,
         },
-        "prediction": outputs.slide_prediction(predicted.probs, store.tissue_frac, class_names),
+        "prediction": outputs.slide_prediction(predicted.probs, patches.tissue_frac, class_names),
         "rois": {
             "count": len(rois),
             "total_area_um2": float(sum(r.area_um2 for r in rois)),
@@ -312,6 +301,7 @@ def _infer_into(
             "overlay": "overlay.png",
             "rois": "rois.geojson",
             "tiles": tiles_name,
+            "qc": qc_dir,
         },
         "params": params,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
@@ -323,7 +313,7 @@ def _infer_into(
 
 def _predict_and_stitch(
     tmp: Path,
-    store: PatchStore,
+    patches: PatchSource,
     model: InferenceModel,
     cfg: InferConfig,
     geometry: _Geometry,
@@ -336,7 +326,7 @@ def _predict_and_stitch(
 ) -> _Predictions:
     """Predict every patch; stitch foreground maps (and CAMs) and class probabilities into
     heatmaps in background threads while the model runs."""
-    n = len(store)
+    n = len(patches)
     fg_stitcher = _stitcher(
         tmp / "heatmap.zarr", geometry, cfg.output_mpp / geometry.mpp0, channels, provenance, cfg
     )
@@ -345,49 +335,54 @@ def _predict_and_stitch(
         tmp / "class_probs.zarr", geometry, geometry.stride_level0, class_channels, provenance,
         cfg,
     )  # fmt: skip
-    coords = store.coords
+    coords = patches.coords
     probs = np.full((n, len(model.meta.class_names)), np.nan, np.float32)
     fg_mean = np.full(n, np.nan, np.float32)
     fg_max = np.full(n, np.nan, np.float32)
+    n_predicted = 0
     t_predict = time.perf_counter()
     with StitchQueue(fg_stitcher) as fg_queue, StitchQueue(class_stitcher) as class_queue:
-        for batch in predict_store(store, model, cfg, cam_class=roi_index):
-            rows = slice(batch.start, batch.start + len(batch.class_probs))
+        for batch in predict_source(patches, model, cfg, cam_class=roi_index):
+            rows = batch.rows
             ok = np.isfinite(batch.class_probs).all(axis=1)
             ok &= np.isfinite(batch.fg_maps).all(axis=(1, 2))
             ok &= np.isfinite(batch.cams).all(axis=(1, 2))
-            probs[rows][ok] = batch.class_probs[ok]
-            fg_mean[rows][ok] = batch.fg_maps[ok].mean(axis=(1, 2))
-            fg_max[rows][ok] = batch.fg_maps[ok].max(axis=(1, 2))
+            probs[rows[ok]] = batch.class_probs[ok]
+            fg_mean[rows[ok]] = batch.fg_maps[ok].mean(axis=(1, 2))
+            fg_max[rows[ok]] = batch.fg_maps[ok].max(axis=(1, 2))
             maps = batch.fg_maps[:, None]
             if cfg.teacher_cam:
                 maps = np.concatenate([maps, batch.cams[:, None]], axis=1)
-            fg_queue.put(maps[ok], coords[rows][ok])
-            class_queue.put(batch.class_probs[ok][:, :, None, None], coords[rows][ok])
+            fg_queue.put(maps[ok], coords[rows[ok]])
+            class_queue.put(batch.class_probs[ok][:, :, None, None], coords[rows[ok]])
+            n_predicted += len(rows)
             if progress is not None:
-                progress(rows.stop, n)
+                progress(n_predicted, n)
         timings["predict"] = time.perf_counter() - t_predict
     timings["stitch_tail"] = time.perf_counter() - t_predict - timings["predict"]
     timings["stitch_busy"] = fg_queue.busy_s + class_queue.busy_s
-    n_bad = int((~np.isfinite(probs).all(axis=1)).sum())
-    if n_bad == n:
+    n_bad = n_predicted - int(np.isfinite(probs).all(axis=1).sum())
+    if n_bad == n_predicted:
         raise ModelError(
-            f"{store.path}: the model predicted NaN or infinity for all {n} patches; the "
+            f"{patches.where}: the model predicted NaN or infinity for all {n_predicted} "
+            "patches; the "
             "checkpoint's weights are broken (diverged training?)"
             + ("; or float16 overflowed: try amp: false" if cfg.amp else "")
         )
     if n_bad:
-        logger.warning("%s: %d of %d patches predicted non-finite; left out", store.path, n_bad, n)
+        logger.warning(
+            "%s: %d of %d patches predicted non-finite; left out", patches.where, n_bad, n_predicted
+        )
     t0 = time.perf_counter()
     heatmap = open_heatmap(fg_stitcher.finish())
     class_stitcher.finish()
     timings["finalize"] = time.perf_counter() - t0
-    return _Predictions(probs, fg_mean, fg_max, heatmap, n_bad)
+    return _Predictions(probs, fg_mean, fg_max, heatmap, n_predicted, n_bad)
 
 
 def _write_vectors(
     tmp: Path,
-    store: PatchStore,
+    patches: PatchSource,
     model: InferenceModel,
     cfg: InferConfig,
     geometry: _Geometry,
@@ -428,8 +423,8 @@ def _write_vectors(
     tiles_name = None
     if cfg.write_tiles:
         tiles = outputs.tile_features(
-            store.coords, geometry.patch_level0, predicted.probs, predicted.fg_mean,
-            predicted.fg_max, store.tissue_frac, class_names=class_names, roi_index=roi_index,
+            patches.coords, geometry.patch_level0, predicted.probs, predicted.fg_mean,
+            predicted.fg_max, patches.tissue_frac, class_names=class_names, roi_index=roi_index,
             frame_offset_level0=geometry.frame_offset,
         )  # fmt: skip
         tiles_path = write_geojson(

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 
 from wsi_pixelcam.atomic_write import replaced_when_done
 from wsi_pixelcam.errors import OutputError
@@ -23,7 +22,7 @@ from wsi_pixelcam.geo.geojson import annotation_feature, class_color, tile_featu
 from wsi_pixelcam.inference.rois import Roi
 from wsi_pixelcam.inference.stitch import overlay_png
 from wsi_pixelcam.store.heatmap_store import Heatmap
-from wsi_pixelcam.store.patch_store import PatchStore, json_safe
+from wsi_pixelcam.store.patch_store import json_safe
 
 logger = logging.getLogger(__name__)
 
@@ -151,14 +150,17 @@ def tile_features(
 
 
 def write_overlay(
-    path: Path, store: PatchStore, heatmap: Heatmap, width0: int, height0: int, alpha: float
+    path: Path,
+    thumbnail: np.ndarray | None,
+    heatmap: Heatmap,
+    width0: int,
+    height0: int,
+    alpha: float,
 ) -> None:
-    """The foreground channel on the store's thumbnail, read at the level nearest its size."""
-    node = store.group.get("thumbnail")
-    if not isinstance(node, zarr.Array):
-        logger.info("%s: no thumbnail in the patch store; overlay.png skipped", store.path)
+    """The foreground channel on the slide's thumbnail, read at the heatmap level nearest its
+    size; nothing without a thumbnail."""
+    if thumbnail is None:
         return
-    thumbnail = np.asarray(node[...])
     level = 0
     for k in range(len(heatmap.levels)):
         if heatmap.levels[k].shape[1] >= thumbnail.shape[0]:

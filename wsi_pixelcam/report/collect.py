@@ -126,6 +126,11 @@ def _qc_thumbnail(store: Path) -> Path | None:
     return path if path.is_file() else None
 
 
+def _streamed_thumbnail(out_dir: Path | None) -> Path | None:
+    """The QC thumbnail of a slide inferred straight from its file (``<out>/qc/``)."""
+    return None if out_dir is None else _existing(out_dir / "qc" / "thumbnail.png")
+
+
 def _read_tile_status(folder: Path, slides: dict[str, SlideRecord]) -> None:
     for row in _status_rows(folder, "tile"):
         slide_id = str(row["slide_id"])
@@ -236,7 +241,8 @@ def _why_no_summary(path: Path) -> tuple[str, str]:
 
 def _from_summary(summary: Mapping[str, Any], files: SlideFiles) -> SlideRecord:
     prediction, rois, timings = summary["prediction"], summary["rois"], summary["timings_s"]
-    store = Path(summary["source"]["store"])
+    store = summary["source"]["store"]
+    thumbnail = _qc_thumbnail(Path(store)) if store else _streamed_thumbnail(files.out_dir)
     return SlideRecord(
         slide_id=str(summary["slide_id"]),
         infer_status=INFER_OK,
@@ -254,7 +260,7 @@ def _from_summary(summary: Mapping[str, Any], files: SlideFiles) -> SlideRecord:
         model_name=str(summary["model"]["name"]),
         model_fingerprint=str(summary["model"]["fingerprint"]),
         timings_s={str(k): float(v) for k, v in timings.items()},
-        files=replace(files, thumbnail=_qc_thumbnail(store)),
+        files=replace(files, thumbnail=thumbnail),
     )
 
 

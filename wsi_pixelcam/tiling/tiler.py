@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import platform
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -16,11 +14,12 @@ from typing import Any
 import numpy as np
 
 from wsi_pixelcam.config import TileConfig
-from wsi_pixelcam.errors import ConfigError, NoTissueError, SlideReadError, StoreError
+from wsi_pixelcam.errors import StoreError
 from wsi_pixelcam.geo.raster import patch_masks
-from wsi_pixelcam.geometry import LevelChoice, choose_level
+from wsi_pixelcam.geometry import LevelChoice
 from wsi_pixelcam.labels import LabelSource, PatchLabels, compute_labels
-from wsi_pixelcam.slide import Mpp, SlideReader, check_target_mpp, open_slide, resolve_mpp
+from wsi_pixelcam.progress import ProgressFn
+from wsi_pixelcam.slide import Mpp, SlideReader, open_slide
 from wsi_pixelcam.store.lock import StoreLock
 from wsi_pixelcam.store.meta import (
     LabelsSection,
@@ -39,15 +38,13 @@ from wsi_pixelcam.store.patch_store import (
     read_complete_meta,
     remove_stale_temporaries,
 )
-from wsi_pixelcam.tiling.grid import Grid, GridTooLargeError, build_grid
+from wsi_pixelcam.tiling.grid import Grid
 from wsi_pixelcam.tiling.patch_reader import iter_patches
 from wsi_pixelcam.tiling.qc import stage_qc
-from wsi_pixelcam.tiling.tissue import detect_tissue, read_thumbnail
+from wsi_pixelcam.tiling.slide_plan import check_unreadable, plan_slide, quick_hash
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int], None]
-"""Called with (patches done, patches total) as a slide is tiled."""
 
 _VERSIONED = (
     "wsi-pixelcam",
@@ -199,33 +196,9 @@ def _tile_locked(
     started: float,
 ) -> TilingResult:
     with open_slide(slide_path, cfg.backend) as reader:
-        mpp = resolve_mpp(reader, mpp_override)
-        check_target_mpp(slide_path, mpp, cfg.target_mpp)
-        choice = choose_level(reader.level_downsamples, mpp.mean, cfg.target_mpp, cfg.mpp_tolerance)
-        thumb = read_thumbnail(reader, mpp.mean, cfg.tissue.thumbnail_mpp)
-        thumb_px_level0 = float(np.mean(thumb.level0_per_px))
-        mask = detect_tissue(thumb.rgb, thumb_px_level0 * mpp.mean, cfg.tissue)
-        if not mask.any():
-            raise NoTissueError(
-                f"{slide_path}: no tissue found (blank slide, or lower tissue.min_saturation)"
-            )
-        try:
-            grid = build_grid(
-                reader.dimensions,
-                choice.scale_level0,
-                cfg.patch_px,
-                cfg.stride,
-                mask,
-                thumb.level0_per_px,
-                cfg.min_tissue_frac,
-            )
-        except GridTooLargeError as exc:
-            raise ConfigError(f"{slide_path}: {exc}") from None
-        if len(grid) == 0:
-            raise NoTissueError(
-                f"{slide_path}: no {cfg.patch_px} px patch at {cfg.target_mpp} um/px has "
-                f"{cfg.min_tissue_frac:.0%} tissue; lower min_tissue_frac or patch_px"
-            )
+        plan = plan_slide(reader, slide_path, cfg, mpp_override)
+        mpp, choice, thumb, mask, grid = plan.mpp, plan.choice, plan.thumbnail, plan.mask, plan.grid
+        thumb_px_level0 = plan.thumb_px_level0
         patch_level0 = cfg.patch_px * choice.scale_level0
         labels = compute_labels(
             label_source,
@@ -257,13 +230,7 @@ def _tile_locked(
         )
         try:
             kept, bad = _write_patches(writer, reader, choice, grid, cfg, progress)
-            bad_frac = len(bad) / len(grid)
-            if bad_frac > cfg.max_bad_patch_frac:
-                raise SlideReadError(
-                    f"{slide_path}: {len(bad)} of {len(grid)} patches could not be decoded "
-                    f"({bad_frac:.1%} > max_bad_patch_frac {cfg.max_bad_patch_frac:.1%}); "
-                    "the file is corrupt or truncated"
-                )
+            check_unreadable(slide_path, len(bad), len(grid), cfg.max_bad_patch_frac)
             if bad:
                 log.warning("%s: skipped %d undecodable patches", slide_path, len(bad))
             _write_masks(writer, labels, grid.xy_level0[kept] - reader.bounds_offset, patch_level0)
@@ -394,7 +361,7 @@ def _store_meta(
 
 
 def _slide_section(path: Path, reader: SlideReader) -> SlideSection:
-    size, digest = _quick_hash(path)
+    size, digest = quick_hash(path)
     return SlideSection(
         path=str(path.resolve()),
         name=path.name,
@@ -409,20 +376,6 @@ def _slide_section(path: Path, reader: SlideReader) -> SlideSection:
         level_downsamples=tuple(reader.level_downsamples),
         bounds_offset=reader.bounds_offset,
     )
-
-
-def _quick_hash(path: Path) -> tuple[int, str]:
-    """Identify a (possibly many-GB) slide without reading it all."""
-    if path.is_dir():
-        return 0, ""
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with open(path, "rb") as handle:
-        digest.update(handle.read(2**20))
-        if size > 2**20:
-            handle.seek(max(2**20, size - 2**20))
-            digest.update(handle.read(2**20))
-    return size, digest.hexdigest()
 
 
 def _versions() -> dict[str, str]:
