@@ -31,13 +31,13 @@ def replaced_when_done(path: Path, *, durable: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         if durable:
-            _fsync(tmp)
+            fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     if durable:
-        _fsync(path.parent)
+        fsync_path(path.parent)
 
 
 def replace_dir(src: Path, dst: Path, *, durable: bool = False) -> None:
@@ -45,20 +45,20 @@ def replace_dir(src: Path, dst: Path, *, durable: bool = False) -> None:
     if durable:
         for folder, _, files in os.walk(src):
             for name in files:
-                _fsync(Path(folder, name))
-            _fsync(Path(folder))
+                fsync_path(Path(folder, name))
+            fsync_path(Path(folder))
     old = None
     if dst.exists():
         old = dst.with_name(f"{dst.name}{TMP_MARK}old-{uuid.uuid4().hex[:8]}")
         os.replace(dst, old)
     os.replace(src, dst)
     if durable:
-        _fsync(dst.parent)
+        fsync_path(dst.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Flush a file's data, or a directory's entries, to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:

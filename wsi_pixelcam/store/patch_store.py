@@ -25,7 +25,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BytesCodec, ZstdCodec
 
-from wsi_pixelcam.atomic_write import TMP_MARK, replace_dir
+from wsi_pixelcam.atomic_write import TMP_MARK, fsync_path, replace_dir
 from wsi_pixelcam.errors import StoreError
 from wsi_pixelcam.store.jpeg_codec import JpegCodec
 from wsi_pixelcam.store.meta import SCHEMA, PatchStoreMeta
@@ -134,10 +134,17 @@ class PatchStoreWriter:
         if stop > self._patches.shape[0]:
             self._patches.resize((stop, *self._patches.shape[1:]))
         block = self._filling[: self._filled]
-        self._pending = self._writer.submit(self._patches.__setitem__, slice(start, stop), block)
+        self._pending = self._writer.submit(self._write_shard, start, block)
         self._filling, self._spare = self._spare, self._filling
         self._written = stop
         self._filled = 0
+
+    def _write_shard(self, start: int, block: np.ndarray) -> None:
+        """Encode and write one shard, then flush its file to disk while the next one fills,
+        so :meth:`finalize`'s durable rename finds little left to flush."""
+        self._patches[start : start + len(block)] = block
+        key = self._patches.metadata.encode_chunk_key((start // self._shard, 0, 0, 0))
+        fsync_path(self.tmp_path / self._patches.path / key)
 
     def _wait(self) -> None:
         if self._pending is not None:
