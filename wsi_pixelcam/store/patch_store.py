@@ -107,6 +107,10 @@ class PatchStoreWriter:
         self._written = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-store")
         self._pending: Future[None] | None = None
+        # written shards are flushed to disk by another thread, so a slow disk never holds
+        # up encoding; finalize's durable rename then finds little left to flush
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-store-sync")
+        self._syncs: list[Future[None]] = []
 
     @property
     def count(self) -> int:
@@ -140,11 +144,10 @@ class PatchStoreWriter:
         self._filled = 0
 
     def _write_shard(self, start: int, block: np.ndarray) -> None:
-        """Encode and write one shard, then flush its file to disk while the next one fills,
-        so :meth:`finalize`'s durable rename finds little left to flush."""
         self._patches[start : start + len(block)] = block
         key = self._patches.metadata.encode_chunk_key((start // self._shard, 0, 0, 0))
-        fsync_path(self.tmp_path / self._patches.path / key)
+        path = self.tmp_path / self._patches.path / key
+        self._syncs.append(self._syncer.submit(fsync_path, path))
 
     def _wait(self) -> None:
         if self._pending is not None:
@@ -186,6 +189,9 @@ class PatchStoreWriter:
         self._flush()
         self._wait()
         self._writer.shutdown()
+        for synced in self._syncs:
+            synced.result()
+        self._syncer.shutdown()
         n = self._written
         if meta.n_patches != n or meta.tiling.patch_px != self.patch_px:
             raise ValueError(
@@ -219,6 +225,7 @@ class PatchStoreWriter:
     def abort(self) -> None:
         """Remove the temporary store (on error); the final path is untouched."""
         self._writer.shutdown(wait=True, cancel_futures=True)
+        self._syncer.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.tmp_path, ignore_errors=True)
 
 
