@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from collections import deque
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,11 @@ from wsi_pixelcam.store.meta import SCHEMA, PatchStoreMeta
 _COMPLETE = "complete"  # the attr written last: a store without it is unfinished
 MASK_MAX_PX = 128
 MASK_CHUNK_ROWS = 64  # at most 1 MiB of raw masks per chunk
+
+
+SHARDS_IN_FLIGHT = 2
+"""Shards a writer encodes at once while the next one fills: one more keeps the cores busy
+while the last patches of a shard are encoded."""
 
 
 def mask_px_for(patch_px: int) -> int:
@@ -96,17 +102,17 @@ class PatchStoreWriter:
             # write time when profiled)
             config={"write_empty_chunks": True},
         )
-        # one shard fills while the other is encoded and written in the background; both
-        # are reused, so no patch is copied twice and no shard-sized array is allocated anew
+        # one shard fills while others are encoded and written in the background; their
+        # buffers are reused, so no patch is copied twice and no shard is allocated anew
         shard_shape = (self._shard, patch_px, patch_px, 3)
-        self._filling = np.empty(shard_shape, np.uint8)
-        self._spare = np.empty(shard_shape, np.uint8)
+        self._free = [np.empty(shard_shape, np.uint8) for _ in range(SHARDS_IN_FLIGHT + 1)]
+        self._filling = self._free.pop()
         self._filled = 0
         self._coords: list[tuple[int, int]] = []
         self._tissue: list[float] = []
         self._written = 0
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-store")
-        self._pending: Future[None] | None = None
+        self._writer = ThreadPoolExecutor(SHARDS_IN_FLIGHT, thread_name_prefix="wsi-store")
+        self._pending: deque[tuple[Future[None], np.ndarray]] = deque()
         # written shards are flushed to disk by another thread, so a slow disk never holds
         # up encoding; finalize's durable rename then finds little left to flush
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsi-store-sync")
@@ -134,12 +140,14 @@ class PatchStoreWriter:
             return
         start = self._written
         stop = start + self._filled
-        self._wait()  # at most one shard in flight: the spare buffer is free again
+        if len(self._pending) == SHARDS_IN_FLIGHT:
+            self._wait_oldest()  # its buffer is the next to fill
         if stop > self._patches.shape[0]:
+            self._wait()  # no write may race the metadata change
             self._patches.resize((stop, *self._patches.shape[1:]))
         block = self._filling[: self._filled]
-        self._pending = self._writer.submit(self._write_shard, start, block)
-        self._filling, self._spare = self._spare, self._filling
+        self._pending.append((self._writer.submit(self._write_shard, start, block), self._filling))
+        self._filling = self._free.pop()
         self._written = stop
         self._filled = 0
 
@@ -149,10 +157,14 @@ class PatchStoreWriter:
         path = self.tmp_path / self._patches.path / key
         self._syncs.append(self._syncer.submit(fsync_path, path))
 
+    def _wait_oldest(self) -> None:
+        written, buffer = self._pending.popleft()
+        written.result()
+        self._free.append(buffer)
+
     def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()
+        while self._pending:
+            self._wait_oldest()
 
     def add_rows(
         self,
