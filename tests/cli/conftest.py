@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,21 @@ pixelcam: {epochs: 1, seeds: {erode_k: 1}}
 data: {num_workers: 0, val_fraction: 0.25}
 eval: {eval_px: 32}
 """
+
+
+@pytest.fixture
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> Callable[[], str]:
+    """Reads what the command printed: exactly one ``wsi-pixelcam: error:`` line on stderr and
+    no traceback, as every user error must be reported; returns the line."""
+
+    def read() -> str:
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("wsi-pixelcam: error: "), captured.err
+        return err[0]
+
+    return read
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,6 @@ from storegen import damage_first_shard
 from wsi_pixelcam.cli import main
 
 
-def _one_error_line(capsys):
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    err = captured.err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("wsi-pixelcam: error: "), captured.err
-    return err[0]
-
-
 def test_eval_reports_accuracy_and_localisation(tmp_path, trained_run, capsys):
     result = tmp_path / "eval.json"
     argv = ["eval", "--model", str(trained_run.model), "--stores", str(trained_run.stores[0])]
@@ -26,12 +18,12 @@ def test_eval_reports_accuracy_and_localisation(tmp_path, trained_run, capsys):
     assert json.loads(result.read_text())["n_patches"] == 16
 
 
-def test_damaged_shard_names_the_store_and_the_fix(tmp_path, trained_run, capsys):
+def test_damaged_shard_names_the_store_and_the_fix(tmp_path, trained_run, one_error_line):
     store = tmp_path / "s0.zarr"
     shutil.copytree(trained_run.stores[0], store)
     damage_first_shard(store)
     assert main(["eval", "--model", str(trained_run.model), "--stores", str(store)]) == 1
-    line = _one_error_line(capsys)
+    line = one_error_line()
     assert f"{store}: patch store of slide 's0' is damaged" in line
     assert "re-tile the slide with --overwrite" in line and "b'" not in line
 
@@ -45,7 +37,7 @@ def test_damaged_shard_names_the_store_and_the_fix(tmp_path, trained_run, capsys
         (["--heatmap", "{tmp}/h", "--annotations", "{tmp}/a.geojson"], 2, "needs --annotations"),
     ],
 )
-def test_bad_input_is_one_line(tmp_path, trained_run, capsys, argv, code, problem):
+def test_bad_input_is_one_line(tmp_path, trained_run, one_error_line, argv, code, problem):
     values = {"tmp": tmp_path, "store": trained_run.stores[0], "model": trained_run.model}
     assert main(["eval", *(arg.format(**values) for arg in argv)]) == code
-    assert problem in _one_error_line(capsys)
+    assert problem in one_error_line()

@@ -12,14 +12,6 @@ import torch
 from wsi_pixelcam.cli import main
 
 
-def _one_error_line(capsys):
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    err = captured.err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("wsi-pixelcam: error: "), captured.err
-    return err[0]
-
-
 def test_infer_stores_with_a_trained_model(tmp_path, trained_run, capsys):
     out = tmp_path / "out"
     stores = [str(s) for s in trained_run.stores[:2]]
@@ -53,13 +45,15 @@ def _damaged_checkpoint(path):
         (_damaged_checkpoint, "checkpoint metadata is damaged"),
     ],
 )
-def test_bad_checkpoint_is_refused_before_any_slide(tmp_path, slides, capsys, make, problem):
+def test_bad_checkpoint_is_refused_before_any_slide(
+    tmp_path, slides, one_error_line, make, problem
+):
     model = tmp_path / "model.pt"
     if make is not None:
         make(model)
     out = tmp_path / "out"
     assert main(["infer", str(slides["svs"]), "--model", str(model), "--out", str(out)]) == 1
-    assert f"{model}: {problem}" in _one_error_line(capsys)
+    assert f"{model}: {problem}" in one_error_line()
     assert not (out / "infer_status.csv").exists() and not (out / "svs_slide").exists()
 
 
@@ -73,20 +67,20 @@ def test_bad_checkpoint_is_refused_before_any_slide(tmp_path, slides, capsys, ma
     ],
 )
 def test_bad_config_is_one_usage_line_before_any_slide(
-    tmp_path, slides, trained_run, capsys, extra, problem
+    tmp_path, slides, trained_run, one_error_line, extra, problem
 ):
     (tmp_path / "c.yaml").write_text("min_area: 10\n")
     out = tmp_path / "out"
     argv = ["infer", str(slides["svs"]), "--model", str(trained_run.model), "--out", str(out)]
     assert main([*argv, *(arg.format(tmp=tmp_path) for arg in extra)]) == 2
-    assert problem in _one_error_line(capsys)
+    assert problem in one_error_line()
     assert not out.exists()
 
 
-def test_unwritable_output_is_one_line(tmp_path, slides, trained_run, capsys):
+def test_unwritable_output_is_one_line(tmp_path, slides, trained_run, one_error_line):
     blocker = tmp_path / "file"
     blocker.write_text("")  # no directory can be made under a regular file, even as root
     out = blocker / "out"
     argv = ["infer", str(slides["svs"]), "--model", str(trained_run.model), "--out", str(out)]
     assert main(argv) == 1
-    assert f"{out}: cannot create output directory" in _one_error_line(capsys)
+    assert f"{out}: cannot create output directory" in one_error_line()

@@ -21,6 +21,7 @@ from storegen import make_store
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "inference"))  # tiny_pixelcam
 import tiny_pixelcam as tiny
+from report_slide_ids import BROKEN, FUTURE, KILLED, NORMAL, TUMOUR
 
 from wsi_pixelcam.batch import run_guarded, write_status_table
 from wsi_pixelcam.config import EvalRunConfig, InferConfig, TileConfig, TrainConfig
@@ -29,11 +30,6 @@ from wsi_pixelcam.tiling import tile_slide
 from wsi_pixelcam.training.evaluate import evaluate
 from wsi_pixelcam.training.fit import summary_dict, train
 
-TUMOUR = "tumour<i>&1"  # HTML and URL special characters must survive as text
-NORMAL = "normal_slide"
-BROKEN = "broken"
-KILLED = "killed"
-FUTURE = "future"
 TRAIN = {
     "model": {"encoder": "test_resnet", "stride8_no_dilation": True},
     "input": {"input_px": 32, "resize_px": 36},

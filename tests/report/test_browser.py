@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-from conftest import BROKEN, NORMAL, TUMOUR
+from report_slide_ids import BROKEN, NORMAL, TUMOUR
 
 from wsi_pixelcam.report.build import build_report
 from wsi_pixelcam.report.pages import PAGE_SIZE

@@ -7,8 +7,8 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from conftest import BROKEN, FUTURE, KILLED, NORMAL
 from PIL import Image
+from report_slide_ids import BROKEN, FUTURE, KILLED, NORMAL
 
 from wsi_pixelcam.cli import main
 from wsi_pixelcam.report.build import build_report

@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import BROKEN, FUTURE, KILLED, NORMAL, TUMOUR
+from report_slide_ids import BROKEN, FUTURE, KILLED, NORMAL, TUMOUR
 
 from wsi_pixelcam.cli import main
 from wsi_pixelcam.errors import ManifestError

@@ -29,7 +29,7 @@ from wsi_pixelcam.config import InferConfig
 from wsi_pixelcam.errors import ConfigError, ModelError, OutputError, StoreError
 from wsi_pixelcam.geo.geojson import write_geojson
 from wsi_pixelcam.inference import outputs
-from wsi_pixelcam.inference.patch_source import PatchSource, StoreSource
+from wsi_pixelcam.inference.patch_source import PatchSource, SourceGeometry, StoreSource
 from wsi_pixelcam.inference.predict import InferenceModel, predict_source
 from wsi_pixelcam.inference.rois import Roi, extract_rois
 from wsi_pixelcam.inference.settings import resolve_threshold, roi_index, tile_config
@@ -183,37 +183,22 @@ def _open_source(
     return nullcontext(StoreSource(open_patch_store(result.store_path)))
 
 
-@dataclass(frozen=True)
-class _Geometry:
-    """Where the patches sit on the slide, in the units the outputs need."""
-
-    mpp0: float  # level-0 um/px
-    width0: int
-    height0: int
-    bounds: tuple[int, int]  # the slide's bounds offset (QuPath's frame origin)
-    frame_offset: tuple[float, float]  # subtracted from level-0 coordinates in the GeoJSON
-    patch_level0: float
-    stride_level0: float
-
-
-def _geometry(patches: PatchSource, cfg: InferConfig) -> _Geometry:
-    """The patches' geometry; ConfigError/StoreError when no heatmap can be made from them."""
+def _geometry(patches: PatchSource, cfg: InferConfig) -> SourceGeometry:
+    """The patches' geometry; ConfigError when the heatmap would be finer than the patches."""
     placed = patches.geometry()
     if cfg.output_mpp < placed.patch_mpp * (1 - 1e-6):
         raise ConfigError(
             f"output_mpp {cfg.output_mpp} is finer than the patches ({placed.patch_mpp:.4g} "
             "um/px); the heatmap cannot be sharper than its input: raise output_mpp"
         )
-    bounds = placed.bounds
-    return _Geometry(
-        mpp0=placed.mpp0,
-        width0=placed.width0,
-        height0=placed.height0,
-        bounds=bounds,
-        frame_offset=(float(bounds[0]), float(bounds[1])) if cfg.frame == "qupath" else (0.0, 0.0),
-        patch_level0=placed.patch_level0,
-        stride_level0=placed.stride_level0,
-    )
+    return placed
+
+
+def _frame_offset(geometry: SourceGeometry, cfg: InferConfig) -> tuple[float, float]:
+    """What the GeoJSON subtracts from level-0 coordinates: QuPath's origin, or nothing."""
+    if cfg.frame != "qupath":
+        return (0.0, 0.0)
+    return (float(geometry.bounds[0]), float(geometry.bounds[1]))
 
 
 @dataclass(frozen=True)
@@ -316,7 +301,7 @@ def _predict_and_stitch(
     patches: PatchSource,
     model: InferenceModel,
     cfg: InferConfig,
-    geometry: _Geometry,
+    geometry: SourceGeometry,
     channels: list[str],
     class_channels: list[str],
     provenance: dict[str, Any],
@@ -385,7 +370,7 @@ def _write_vectors(
     patches: PatchSource,
     model: InferenceModel,
     cfg: InferConfig,
-    geometry: _Geometry,
+    geometry: SourceGeometry,
     predicted: _Predictions,
     slide_id: str,
     threshold: float,
@@ -398,7 +383,7 @@ def _write_vectors(
     rois = extract_rois(
         predicted.heatmap,
         threshold,
-        frame_offset_level0=geometry.frame_offset,
+        frame_offset_level0=_frame_offset(geometry, cfg),
         min_area_um2=cfg.min_area_um2,
         min_hole_um2=cfg.min_hole_um2,
         simplify_um=cfg.simplify_um,
@@ -425,7 +410,7 @@ def _write_vectors(
         tiles = outputs.tile_features(
             patches.coords, geometry.patch_level0, predicted.probs, predicted.fg_mean,
             predicted.fg_max, patches.tissue_frac, class_names=class_names, roi_index=roi_index,
-            frame_offset_level0=geometry.frame_offset,
+            frame_offset_level0=_frame_offset(geometry, cfg),
         )  # fmt: skip
         tiles_path = write_geojson(
             tmp / "tiles.geojson", tiles, gzip=len(tiles) > cfg.tiles_gzip_over
@@ -441,7 +426,7 @@ def _frame_text(cfg: InferConfig) -> str:
 
 def _stitcher(
     path: Path,
-    geometry: _Geometry,
+    geometry: SourceGeometry,
     level0_per_px: float,
     channels: list[str],
     provenance: dict[str, Any],
