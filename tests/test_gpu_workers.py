@@ -47,7 +47,9 @@ def test_local_cluster_starts_one_pinned_worker_per_gpu(monkeypatch: pytest.Monk
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     with dask_client(None, workers=5) as client:
         seen = client.run(_seen)
+        threads = client.nthreads()
     assert sorted(seen.values()) == ["0", "1"]  # 2 GPUs: 2 workers, not --workers 5
+    assert list(threads.values()) == [2, 2]  # a slide predicting, one finishing beside it
 
 
 def test_without_gpus_the_cluster_has_the_workers_asked_for(
@@ -56,4 +58,6 @@ def test_without_gpus_the_cluster_has_the_workers_asked_for(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with dask_client(None, workers=2) as client:
         seen = client.run(_seen)
+        threads = client.nthreads()
     assert list(seen.values()) == ["", ""]
+    assert list(threads.values()) == [1, 1]  # CPU workers: one slide each, cores shared out

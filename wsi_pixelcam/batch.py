@@ -117,6 +117,9 @@ def gpu_worker_envs(gpus: Sequence[str]) -> dict[str, dict[str, str]]:
     return {f"gpu{i}": {"CUDA_VISIBLE_DEVICES": gpu} for i, gpu in enumerate(gpus)}
 
 
+SLIDES_PER_GPU = 2
+"""Slides a GPU worker holds at once: one predicting, one finishing on the CPU."""
+
 WORKER_DEATHS_ALLOWED = 1
 """Times a slide may take its worker down before it fails: once may be a neighbour's fault
 (the OOM killer picks any process), twice is the slide's."""
@@ -170,10 +173,13 @@ def dask_client(
 
 
 def _start_gpu_workers(cluster: Any, client: Any, gpus: Sequence[str]) -> None:
-    """Start the cluster's workers from its own worker spec, each with its GPU's environment."""
+    """Start the cluster's workers from its own worker spec, each with its GPU's environment
+    and SLIDES_PER_GPU threads (the slides take turns on the device: see
+    :mod:`wsi_pixelcam.inference.device_turns`)."""
     for name, env in gpu_worker_envs(gpus).items():
         spec = copy.deepcopy(cluster.new_spec)
         spec["options"]["env"] = {**spec["options"].get("env", {}), **env}
+        spec["options"]["nthreads"] = SLIDES_PER_GPU
         cluster.worker_spec[name] = spec
     cluster.scale(len(gpus))
     client.wait_for_workers(len(gpus))

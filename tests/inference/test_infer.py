@@ -15,6 +15,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import errno
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -385,3 +387,38 @@ def test_streaming_equals_a_lossless_store_on_the_same_grid(slides, tmp_path):
                 mine.plane(0, channel)[:, :], theirs.plane(0, channel)[:, :]
             )
     assert np.nanstd(fg) > 0  # the random model's map varies: the comparison means something
+
+
+def test_two_slides_take_turns_on_the_device(store_path, tmp_path):
+    """Two threads (a GPU worker's two slides): the second slide's predictions wait until the
+    first slide's last batch; everything else may overlap. The first slide's first batch waits
+    up to 5 s for the second to start predicting: without turns it would."""
+    second_started = threading.Event()
+    events: list[str] = []
+
+    def reporter(name: str):
+        def report(done: int, total: int) -> None:
+            events.append(name)
+            if name == "b":
+                second_started.set()
+            elif done < total and events.count("a") == 1:
+                second_started.wait(timeout=5.0)
+
+        return report
+
+    def run(name: str) -> None:
+        infer_slide(
+            store_path, _model(), _cfg(batch_size=8, write_tiles=False), tmp_path / name,
+            slide_id=name, progress=reporter(name),
+        )  # fmt: skip
+
+    first = threading.Thread(target=run, args=("a",))
+    first.start()
+    while not events:  # the first slide holds the device
+        time.sleep(0.01)
+    second = threading.Thread(target=run, args=("b",))
+    second.start()
+    first.join()
+    second.join()
+    assert events.index("b") == events.count("a")  # all of a's batches, then b's
+    assert len(set(events)) == 2 and events.count("a") > 1

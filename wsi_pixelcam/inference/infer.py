@@ -29,6 +29,7 @@ from wsi_pixelcam.config import InferConfig
 from wsi_pixelcam.errors import ConfigError, ModelError, OutputError, StoreError
 from wsi_pixelcam.geo.geojson import write_geojson
 from wsi_pixelcam.inference import outputs
+from wsi_pixelcam.inference.device_turns import device_turn
 from wsi_pixelcam.inference.patch_source import PatchSource, SourceGeometry, StoreSource
 from wsi_pixelcam.inference.predict import InferenceModel, predict_source
 from wsi_pixelcam.inference.rois import Roi, extract_rois
@@ -37,6 +38,7 @@ from wsi_pixelcam.inference.slide_stream import SlideStream
 from wsi_pixelcam.inference.stitch import Stitcher
 from wsi_pixelcam.inference.stitch_queue import StitchQueue
 from wsi_pixelcam.model.checkpoint import CheckpointMeta
+from wsi_pixelcam.model.device import resolve_device
 from wsi_pixelcam.progress import ProgressFn
 from wsi_pixelcam.store.heatmap_store import Heatmap, HeatmapStore, open_heatmap
 from wsi_pixelcam.store.lock import StoreLock
@@ -327,22 +329,24 @@ def _predict_and_stitch(
     n_predicted = 0
     t_predict = time.perf_counter()
     with StitchQueue(fg_stitcher) as fg_queue, StitchQueue(class_stitcher) as class_queue:
-        for batch in predict_source(patches, model, cfg, cam_class=roi_index):
-            rows = batch.rows
-            ok = np.isfinite(batch.class_probs).all(axis=1)
-            ok &= np.isfinite(batch.fg_maps).all(axis=(1, 2))
-            ok &= np.isfinite(batch.cams).all(axis=(1, 2))
-            probs[rows[ok]] = batch.class_probs[ok]
-            fg_mean[rows[ok]] = batch.fg_maps[ok].mean(axis=(1, 2))
-            fg_max[rows[ok]] = batch.fg_maps[ok].max(axis=(1, 2))
-            maps = batch.fg_maps[:, None]
-            if cfg.teacher_cam:
-                maps = np.concatenate([maps, batch.cams[:, None]], axis=1)
-            fg_queue.put(maps[ok], coords[rows[ok]])
-            class_queue.put(batch.class_probs[ok][:, :, None, None], coords[rows[ok]])
-            n_predicted += len(rows)
-            if progress is not None:
-                progress(n_predicted, n)
+        # the device is this slide's until its last batch; the rest overlaps the next slide
+        with device_turn(str(resolve_device(cfg.device))):
+            for batch in predict_source(patches, model, cfg, cam_class=roi_index):
+                rows = batch.rows
+                ok = np.isfinite(batch.class_probs).all(axis=1)
+                ok &= np.isfinite(batch.fg_maps).all(axis=(1, 2))
+                ok &= np.isfinite(batch.cams).all(axis=(1, 2))
+                probs[rows[ok]] = batch.class_probs[ok]
+                fg_mean[rows[ok]] = batch.fg_maps[ok].mean(axis=(1, 2))
+                fg_max[rows[ok]] = batch.fg_maps[ok].max(axis=(1, 2))
+                maps = batch.fg_maps[:, None]
+                if cfg.teacher_cam:
+                    maps = np.concatenate([maps, batch.cams[:, None]], axis=1)
+                fg_queue.put(maps[ok], coords[rows[ok]])
+                class_queue.put(batch.class_probs[ok][:, :, None, None], coords[rows[ok]])
+                n_predicted += len(rows)
+                if progress is not None:
+                    progress(n_predicted, n)
         timings["predict"] = time.perf_counter() - t_predict
     timings["stitch_tail"] = time.perf_counter() - t_predict - timings["predict"]
     timings["stitch_busy"] = fg_queue.busy_s + class_queue.busy_s
