@@ -128,9 +128,7 @@ def epidermis(rgb: np.ndarray) -> np.ndarray:
     """The bundled slide's pixels inside its (rule-derived) Epidermis annotation."""
     annotations = read_qupath_annotations(bundled_annotation())
     geometry = shapely.union_all([a.geometry for a in annotations])
-    side = max(rgb.shape[:2])
-    mask = rasterise(geometry, (0.0, 0.0), side, side)[: rgb.shape[0], : rgb.shape[1]]
-    return rgb[mask.astype(bool)][None]
+    return rgb[rasterise(geometry, (0.0, 0.0), rgb.shape[:2])][None]
 
 
 class CropSource:
