@@ -386,10 +386,15 @@ def read_complete_meta(path: Path) -> PatchStoreMeta | None:
 
 
 def _read_attrs(path: Path) -> dict[str, Any] | None:
+    group = _open_group(path, "r")
+    return None if group is None else dict(group.attrs)
+
+
+def _open_group(path: Path, mode: str) -> zarr.Group | None:
     if not path.is_dir():
         return None
     try:
-        return dict(zarr.open_group(path, mode="r").attrs)
+        return zarr.open_group(path, mode=mode)  # type: ignore[arg-type]
     except Exception:  # not a zarr group, or unreadable metadata: no store there
         return None
 
@@ -400,12 +405,12 @@ def open_patch_store(path: str | Path, mode: str = "r") -> PatchStore:
     path = Path(path)
     if not path.exists():
         raise StoreError(f"{path}: no such patch store")
-    attrs = _read_attrs(path)
-    if attrs is None:
+    group = _open_group(path, mode)
+    if group is None:
         raise StoreError(f"{path}: not a zarr v3 group")
+    attrs = dict(group.attrs)
     if attrs.get("schema") != SCHEMA:
         raise StoreError(f"{path}: not a wsi-pixelcam patch store")
     if attrs.get(_COMPLETE) is not True:
         raise StoreError(f"{path}: patch store is incomplete (interrupted run); re-run tile")
-    meta = PatchStoreMeta.from_attrs(attrs, path)
-    return PatchStore(path, zarr.open_group(path, mode=mode), meta)  # type: ignore[arg-type]
+    return PatchStore(path, group, PatchStoreMeta.from_attrs(attrs, path))
