@@ -31,9 +31,9 @@ from wsi_pixelcam.report.records import (
     MapScores,
     SlideFiles,
     SlideRecord,
-    Split,
     TrainingRecord,
 )
+from wsi_pixelcam.training.split_file import DataSummary, read_split
 
 logger = logging.getLogger(__name__)
 
@@ -311,17 +311,9 @@ def _read_metrics(path: Path, notes: list[str]) -> tuple[EpochMetrics, ...]:
     return tuple(rows)
 
 
-def _read_split(path: Path, notes: list[str]) -> Split | None:
+def _read_split(path: Path, notes: list[str]) -> DataSummary | None:
     try:
-        raw = json.loads(path.read_text())
-        return Split(
-            class_names=tuple(raw["class_names"]),
-            train_slides=tuple(raw["train_slides"]),
-            val_slides=tuple(raw["val_slides"]),
-            train_counts=tuple(int(n) for n in raw["train_counts"]),
-            val_counts=tuple(int(n) for n in raw["val_counts"]),
-            val_has_masks=bool(raw["val_has_masks"]),
-        )
+        return read_split(path)
     except FileNotFoundError:
         notes.append("no split.json")
     except READ_ERRORS as exc:

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wsi_pixelcam.training.split_file import DataSummary
+
 # Outcome of a slide's inference as the outputs on disk show it.
 INFER_OK = "ok"  # a complete summary.json of the schema this report reads
 INFER_FAILED = "failed"  # the status table records an error
@@ -85,24 +87,12 @@ class EpochMetrics:
 
 
 @dataclass(frozen=True)
-class Split:
-    """The slide-level split of ``split.json``."""
-
-    class_names: tuple[str, ...]
-    train_slides: tuple[str, ...]
-    val_slides: tuple[str, ...]
-    train_counts: tuple[int, ...]
-    val_counts: tuple[int, ...]
-    val_has_masks: bool
-
-
-@dataclass(frozen=True)
 class TrainingRecord:
     """A training run directory: per-epoch metrics, split, chosen model and its fingerprint."""
 
     run_dir: Path
     epochs: tuple[EpochMetrics, ...] = ()
-    split: Split | None = None
+    split: DataSummary | None = None
     model_path: Path | None = None
     model_fingerprint: str | None = None
     val_threshold: float | None = None

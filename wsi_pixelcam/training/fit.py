@@ -48,28 +48,13 @@ from wsi_pixelcam.training.loop import (
     epoch_seed,
     seed_everything,
 )
+from wsi_pixelcam.training.split_file import DataSummary, fix_split
 from wsi_pixelcam.training.stage import StageResult, StageRun, run_stage
 
 logger = logging.getLogger(__name__)
 
 Stage = Literal["teacher", "cams", "pixelcam"]
 STAGES: tuple[Stage, ...] = ("teacher", "cams", "pixelcam")
-
-
-@dataclass(frozen=True)
-class DataSummary:
-    """The data a run trains on: classes, slide-level split and class balance per side."""
-
-    class_names: tuple[str, ...]
-    mpp: float | None
-    patch_px: int
-    train_stores: tuple[str, ...]
-    val_stores: tuple[str, ...]
-    train_slides: tuple[str, ...]
-    val_slides: tuple[str, ...]
-    train_counts: tuple[int, ...]
-    val_counts: tuple[int, ...]
-    val_has_masks: bool
 
 
 @dataclass(frozen=True)
@@ -129,7 +114,7 @@ def train(
     teacher_model = _teacher_model(cfg, data) if "teacher" in wanted else None
     out.mkdir(parents=True, exist_ok=True)
     if context.is_main:
-        _fix_split(out / "split.json", data.summary)
+        fix_split(out / "split.json", data.summary)
         _log_balance(data.summary)
     context.barrier()
     teacher = cams = pixelcam = None
@@ -227,22 +212,6 @@ def _check_every_class_trains(
             "must be trained on; add training slides with it"
             + ("" if val_given else " or lower data.val_fraction")
         )
-
-
-def _fix_split(path: Path, summary: DataSummary) -> None:
-    """Record the split; a later call (another stage, a resume) must see the same one."""
-    current = json.loads(json.dumps(asdict(summary)))
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        keys = ("class_names", "train_slides", "val_slides")
-        if any(saved.get(k) != current[k] for k in keys):
-            raise DataError(
-                f"{path}: this run was split into other classes or slides "
-                f"(train {saved.get('train_slides')}, val {saved.get('val_slides')}); pass "
-                "the same stores and seed, or use a fresh output directory"
-            )
-        return
-    path.write_text(json.dumps(current, indent=2) + "\n")
 
 
 def _log_balance(summary: DataSummary) -> None:
