@@ -9,7 +9,9 @@ inference, and the peak GPU memory; ``OUT/gpu_check.json`` keeps the same figure
 finish in a few minutes on one modern GPU.
 
 Then (``--bench``, the default on CUDA) it runs ``tests/benchmarks/bench_all.py --only
-infer,e2e`` into ``OUT/bench`` and prints its one table: the model alone, ``predict_source``,
+tile,infer,e2e`` into ``OUT/bench`` and prints its one table: the tiler against tile-aligned
+direct reads on the machine's own cores (the 2-core development machine cannot judge that
+ratio: JPEG decode and re-encode alone fill both cores), the model alone, ``predict_source``,
 streaming and whole ``infer_slide`` on a store, and slide file -> GeoJSON on a generated
 100k x 100k px JPEG slide, streamed and store-first, each as a ratio to the model alone, and
 whether the streamed ROIs equal a lossless store's. ``--bench-quick`` uses bench_all's quick
@@ -58,16 +60,16 @@ def _parse_args() -> argparse.Namespace:
         "--bench",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="then run bench_all's infer and e2e rows (default: on CUDA only)",
+        help="then run bench_all's tile, infer and e2e rows (default: on CUDA only)",
     )
     parser.add_argument("--bench-quick", action="store_true", help="bench_all's quick sizes")
     return parser.parse_args()
 
 
 def run_benchmarks(out: Path, device: str, quick: bool) -> int:
-    """bench_all's inference rows on this device; it prints (and keeps) the table."""
+    """bench_all's tiling and inference rows on this machine; it prints (and keeps) the table."""
     script = Path(__file__).resolve().parents[1] / "tests" / "benchmarks" / "bench_all.py"
-    cmd = [sys.executable, str(script), "--out", str(out), "--only", "infer,e2e"]
+    cmd = [sys.executable, str(script), "--out", str(out), "--only", "tile,infer,e2e"]
     cmd += ["--device", device] + (["--quick"] if quick else [])
     print("$ " + " ".join(cmd), flush=True)
     return subprocess.run(cmd, check=False).returncode

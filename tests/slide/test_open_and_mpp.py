@@ -128,3 +128,21 @@ def test_stripped_tiff_uses_tiffslide_fallback(tmp_path, tissue_image):
     with open_slide(path) as reader:
         region = reader.read_region((100, 100), 0, (50, 40))
     assert np.array_equal(region, tissue_image[100:140, 100:150])
+
+
+def test_sparse_tile_reads_white_inside_a_region(tmp_path, tissue_image):
+    # a tile the TIFF leaves out (byte count 0) is white, even when the request lies wholly
+    # inside the image and the fast path skips the white fill
+    import tifffile
+
+    path = tmp_path / "sparse.tif"
+    pixels = np.ascontiguousarray(tissue_image[:512, :512])
+    tifffile.imwrite(path, pixels, photometric="rgb", tile=(256, 256), resolution=(4e4, 4e4),
+                     resolutionunit="CENTIMETER")  # fmt: skip
+    with tifffile.TiffFile(path, mode="r+") as tif:
+        tif.pages[0].tags["TileByteCounts"].overwrite((256 * 256 * 3, 0, 256 * 256 * 3, 256**2 * 3))
+    with open_slide(path, "tiffslide") as reader:
+        region = reader.read_region((128, 128), 0, (256, 256))
+    assert (region[:128, 128:] == 255).all()
+    assert np.array_equal(region[:128, :128], pixels[128:256, 128:256])
+    assert np.array_equal(region[128:, :], pixels[256:384, 128:384])
