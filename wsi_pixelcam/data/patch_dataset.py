@@ -22,7 +22,7 @@ from wsi_pixelcam.data.transforms import Transform
 from wsi_pixelcam.errors import DataError
 from wsi_pixelcam.labels import UNLABELLED, class_index, spellings
 from wsi_pixelcam.store import PatchStore, PatchStoreMeta, open_patch_store
-from wsi_pixelcam.store.damaged_chunks import read_rows
+from wsi_pixelcam.store.damaged_chunks import read_rows_together
 
 
 @dataclass(frozen=True)
@@ -307,10 +307,28 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
         return arrays
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        store_index, patch_index = (int(v) for v in self.items[index])
-        arrays = self._open(store_index)
-        patch = read_rows(arrays["patches"], patch_index, self.paths[store_index])
-        cam = np.asarray(arrays["cams"][patch_index]) if self.with_cam else None
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        """The samples of a batch (the DataLoader asks for a whole batch when this exists),
+        their patches, CAMs and masks read together (see read_rows_together)."""
+        names = ["patches"] + ["cams"] * self.with_cam + ["masks"] * self.with_mask
+        requests = []
+        for index in indices:
+            store_index, patch_index = (int(v) for v in self.items[index])
+            arrays = self._open(store_index)
+            requests += [(arrays[name], patch_index, self.paths[store_index]) for name in names]
+        rows = read_rows_together(requests)
+        per_sample = len(names)
+        return [
+            self._sample(int(index), rows[i * per_sample : (i + 1) * per_sample])
+            for i, index in enumerate(indices)
+        ]
+
+    def _sample(self, index: int, rows: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """One sample from its rows: the patch, then its CAM and mask where asked for."""
+        patch, *rest = rows
+        cam = rest.pop(0) if self.with_cam else None
         image, out_cam = self.transform(patch, cam)
         sample = {
             "image": image,
@@ -320,8 +338,7 @@ class PatchDataset(Dataset[dict[str, torch.Tensor]]):
         if out_cam is not None:
             sample["cam"] = out_cam
         if self.with_mask:
-            mask = np.asarray(arrays["masks"][patch_index])
-            sample["mask"] = torch.from_numpy(_nearest(mask, self.mask_px))
+            sample["mask"] = torch.from_numpy(_nearest(rest.pop(0), self.mask_px))
         return sample
 
 
