@@ -240,7 +240,10 @@ def run_e2e(args: argparse.Namespace) -> dict:
         std=(0.229, 0.224, 0.225), mpp=PATCH_MPP, patch_px=args.patch_px,
     )  # fmt: skip
     model = InferenceModel(network, meta, args.encoder)
-    tile = {"stride_px": args.stride_px} if args.stride_px else {}
+    # one slide on the whole machine: its patches are cut by as many threads as there are cores
+    tile: dict[str, int] = {"read_threads": args.read_threads}
+    if args.stride_px:
+        tile["stride_px"] = args.stride_px
     cfg = InferConfig(
         batch_size=args.batch_size, num_workers=args.workers, device=args.device, amp=args.amp,
         write_tiles=False, tile=tile,
@@ -303,6 +306,7 @@ def run_e2e(args: argparse.Namespace) -> dict:
         "slide_write_s": round(slide_s, 1),
         "patch_px": args.patch_px,
         "stride_px": tile_config(cfg, meta).stride,
+        "read_threads": cfg.tile.read_threads,
         "n_patches": n_patches,
         "batch_size": cfg.batch_size,
         "threshold": cfg.threshold,
@@ -450,6 +454,12 @@ def main() -> None:
     e2e.add_argument("--stride-px", type=int, help="default: infer's half patch")
     e2e.add_argument("--batch-size", type=int, default=128)
     e2e.add_argument("--workers", type=int, default=8, help="loader processes (store path)")
+    e2e.add_argument(
+        "--read-threads",
+        type=int,
+        default=min(64, os.cpu_count() or 2),
+        help="tile.read_threads, the threads cutting patches from the slide (default: the cores)",
+    )
     e2e.add_argument(
         "--memory-batches", type=int, default=4, help="batches the model-alone rate uses"
     )
