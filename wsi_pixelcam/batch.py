@@ -27,6 +27,7 @@ from typing import Any
 
 from wsi_pixelcam.atomic_write import replaced_when_done
 from wsi_pixelcam.errors import OutputError, WsiPixelcamError
+from wsi_pixelcam.inference.device_turns import CORES_PER_GPU_ENV
 from wsi_pixelcam.jobs import PROGRESS_TOPIC, SlideJob
 
 log = logging.getLogger(__name__)
@@ -112,9 +113,14 @@ def visible_gpus() -> tuple[str, ...]:
 
 
 def gpu_worker_envs(gpus: Sequence[str]) -> dict[str, dict[str, str]]:
-    """One local worker per GPU: worker name -> the environment pinning it to its GPU
-    (as its only visible device, so ``cuda`` in the worker is that GPU)."""
-    return {f"gpu{i}": {"CUDA_VISIBLE_DEVICES": gpu} for i, gpu in enumerate(gpus)}
+    """One local worker per GPU: worker name -> the environment pinning it to its GPU (as its
+    only visible device, so ``cuda`` in the worker is that GPU) and telling it its share of
+    the machine's CPU cores (for the threads that cut a streamed slide's patches)."""
+    cores = str(max(1, len(os.sched_getaffinity(0)) // max(1, len(gpus))))
+    return {
+        f"gpu{i}": {"CUDA_VISIBLE_DEVICES": gpu, CORES_PER_GPU_ENV: cores}
+        for i, gpu in enumerate(gpus)
+    }
 
 
 SLIDES_PER_GPU = 2

@@ -70,7 +70,13 @@ class TileConfig(_Strict):
     )
     min_tissue_frac: float = Field(0.5, ge=0, le=1)
     backend: Backend = "auto"
-    read_threads: int = Field(2, ge=1, le=64)
+    read_threads: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="threads cutting patches; unset: 2 when tiling, a GPU's cores when a "
+        "slide is streamed to it",
+    )
     max_bad_patch_frac: float = Field(
         0.05, ge=0, le=1, description="fail the slide above this fraction of undecodable patches"
     )

@@ -8,9 +8,16 @@ device's memory and the device is not left idle during a slide's fixed CPU work.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+from wsi_pixelcam.tiling.patch_reader import READ_THREADS
+
+CORES_PER_GPU_ENV = "WSI_PIXELCAM_CORES_PER_GPU"
+"""Set in each local GPU worker (``batch.gpu_worker_envs``): the machine's CPU cores shared out
+among its GPUs, which a worker that sees only its own GPU cannot work out."""
 
 _TURNS: dict[str, threading.Lock] = {}
 _TURNS_GUARD = threading.Lock()
@@ -23,3 +30,22 @@ def device_turn(device: str) -> Iterator[None]:
         turn = _TURNS.setdefault(device, threading.Lock())
     with turn:
         yield
+
+
+def stream_read_threads(device_type: str) -> int:
+    """Threads cutting a slide's patches while it streams to ``device_type``.
+
+    On a GPU, the cores of that GPU: only one slide predicts on it at a time, and a GPU
+    outruns 2 reader threads several times over (a 224 px patch costs about 2 ms of CPU to
+    cut; an H200 runs a ResNet-50 on 5,788 patches/s). On a CPU the model needs the cores.
+    """
+    if device_type != "cuda":
+        return READ_THREADS
+    shared_out = os.environ.get(CORES_PER_GPU_ENV)
+    if shared_out is not None:
+        cores = int(shared_out)
+    else:
+        import torch
+
+        cores = len(os.sched_getaffinity(0)) // max(1, torch.cuda.device_count())
+    return max(READ_THREADS, min(64, cores))

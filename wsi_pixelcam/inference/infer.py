@@ -29,7 +29,7 @@ from wsi_pixelcam.config import InferConfig
 from wsi_pixelcam.errors import ConfigError, ModelError, OutputError, StoreError
 from wsi_pixelcam.geo.geojson import write_geojson
 from wsi_pixelcam.inference import outputs
-from wsi_pixelcam.inference.device_turns import device_turn
+from wsi_pixelcam.inference.device_turns import device_turn, stream_read_threads
 from wsi_pixelcam.inference.patch_source import PatchSource, SourceGeometry, StoreSource
 from wsi_pixelcam.inference.predict import InferenceModel, predict_source
 from wsi_pixelcam.inference.rois import Roi, extract_rois
@@ -178,6 +178,9 @@ def _open_source(
     if source.suffix == ".zarr" or is_patch_store(source):
         return nullcontext(StoreSource(open_patch_store(source)))
     tiling = tile_config(cfg, meta)
+    if tiling.read_threads is None:  # sized here, on the machine that runs the slide
+        threads = stream_read_threads(resolve_device(cfg.device).type)
+        tiling = tiling.model_copy(update={"read_threads": threads})
     if stores_dir is None:
         return SlideStream(source, tiling, slide_id, mpp_override)
     result = tile_slide(source, tiling, stores_dir, slide_id=slide_id, mpp_override=mpp_override)

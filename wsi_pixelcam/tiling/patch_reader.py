@@ -24,6 +24,9 @@ from wsi_pixelcam.slide.base import SlideReader
 log = logging.getLogger(__name__)
 
 BLOCK_TARGET_PX = 2048  # a block spans at most about this many target pixels per side
+READ_THREADS = 2
+"""Threads per slide unless configured: tiling runs a slide per dask worker thread, and a CPU
+streaming a slide needs its other cores for the model."""
 REDUCE_FROM = 4.0
 """Resampling factors from here on (a slide without a pyramid level near the target) are first
 box-averaged tile by tile, so memory follows the block, not the factor."""
@@ -144,14 +147,16 @@ def iter_patches(
     target_xy: np.ndarray,
     patch_px: int,
     stride_px: int,
-    threads: int,
+    threads: int | None,
     on_block: Callable[[int], None] | None = None,
 ) -> Iterator[PatchRead]:
-    """Yield every grid patch in row-major order within blocks, block after block.
+    """Yield every grid patch in row-major order within blocks, block after block, read by
+    ``threads`` threads (None: READ_THREADS).
 
     A block that fails to decode is retried patch by patch, so one corrupt tile costs only
     the patches that touch it.
     """
+    threads = threads or READ_THREADS
     blocks = plan_blocks(target_xy, patch_px, stride_px)
     in_flight = max(2, 2 * threads)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsi-read") as pool:
