@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import errno
 import json
+import logging
 import shutil
 import threading
 import time
@@ -263,6 +264,14 @@ def test_slide_files_are_tiled_with_half_overlap_unless_a_stride_is_set():
         assert tile_config(cfg, tiny.meta()).stride == tiny.PATCH_PX // 2
     explicit = _cfg(tile=NO_OVERLAP)
     assert tile_config(explicit, tiny.meta()).stride == tiny.PATCH_PX
+
+
+def test_a_streamed_slide_is_cut_by_two_threads_on_a_cpu_unless_told(slides, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="wsi_pixelcam.inference.infer")
+    for out, tile in (("a", NO_OVERLAP), ("b", {**NO_OVERLAP, "read_threads": 3})):
+        infer_slide(slides["svs"], _model(), _cfg(threshold=0.5, tile=tile), tmp_path / out)
+    said = [r.getMessage() for r in caplog.records if "patches cut by" in r.getMessage()]
+    assert [m.rsplit("cut by ", 1)[1] for m in said] == ["2 threads", "3 threads"]
 
 
 def test_frame_offset_moves_rois_and_tiles_into_qupaths_frame(store_path, tmp_path, layout):

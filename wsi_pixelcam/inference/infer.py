@@ -182,6 +182,7 @@ def _open_source(
         threads = stream_read_threads(resolve_device(cfg.device).type)
         tiling = tiling.model_copy(update={"read_threads": threads})
     if stores_dir is None:
+        logger.info("%s: streamed, patches cut by %d threads", source, tiling.read_threads)
         return SlideStream(source, tiling, slide_id, mpp_override)
     result = tile_slide(source, tiling, stores_dir, slide_id=slide_id, mpp_override=mpp_override)
     logger.info("%s: %s patch store %s", source, result.status, result.store_path)
