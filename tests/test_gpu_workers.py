@@ -11,7 +11,11 @@ import os
 import pytest
 
 from wsi_pixelcam.batch import dask_client, gpu_worker_envs, visible_gpus
-from wsi_pixelcam.inference.device_turns import CORES_PER_GPU_ENV, stream_read_threads
+from wsi_pixelcam.inference.device_turns import (
+    CORES_PER_GPU_ENV,
+    MAX_STREAM_READ_THREADS,
+    stream_read_threads,
+)
 from wsi_pixelcam.tiling.patch_reader import READ_THREADS
 
 
@@ -31,6 +35,8 @@ def test_a_slide_streamed_to_a_gpu_is_cut_by_its_cores_and_on_a_cpu_by_two(monke
     assert stream_read_threads("cpu") == READ_THREADS == 2
     monkeypatch.setenv(CORES_PER_GPU_ENV, "1")  # never fewer than a CPU slide gets
     assert stream_read_threads("cuda") == READ_THREADS
+    monkeypatch.setenv(CORES_PER_GPU_ENV, "96")  # nor more blocks in memory than pay
+    assert stream_read_threads("cuda") == MAX_STREAM_READ_THREADS == 16
 
 
 @pytest.mark.parametrize(

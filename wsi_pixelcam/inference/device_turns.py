@@ -19,6 +19,9 @@ CORES_PER_GPU_ENV = "WSI_PIXELCAM_CORES_PER_GPU"
 """Set in each local GPU worker (``batch.gpu_worker_envs``): the machine's CPU cores shared out
 among its GPUs, which a worker that sees only its own GPU cannot work out."""
 
+MAX_STREAM_READ_THREADS = 16
+"""Enough to outrun an H200 (16 x ~500 patches/s); more would only hold more blocks in memory."""
+
 _TURNS: dict[str, threading.Lock] = {}
 _TURNS_GUARD = threading.Lock()
 
@@ -37,7 +40,8 @@ def stream_read_threads(device_type: str) -> int:
 
     On a GPU, the cores of that GPU: only one slide predicts on it at a time, and a GPU
     outruns 2 reader threads several times over (a 224 px patch costs about 2 ms of CPU to
-    cut; an H200 runs a ResNet-50 on 5,788 patches/s). On a CPU the model needs the cores.
+    cut; an H200 runs a ResNet-50 on 5,788 patches/s). At most MAX_STREAM_READ_THREADS, as
+    each thread holds a block of pixels. On a CPU the model needs the cores.
     """
     if device_type != "cuda":
         return READ_THREADS
@@ -48,4 +52,4 @@ def stream_read_threads(device_type: str) -> int:
         import torch
 
         cores = len(os.sched_getaffinity(0)) // max(1, torch.cuda.device_count())
-    return max(READ_THREADS, min(64, cores))
+    return max(READ_THREADS, min(MAX_STREAM_READ_THREADS, cores))

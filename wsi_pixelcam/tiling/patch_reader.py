@@ -158,7 +158,7 @@ def iter_patches(
     """
     threads = threads or READ_THREADS
     blocks = plan_blocks(target_xy, patch_px, stride_px)
-    in_flight = max(2, 2 * threads)
+    in_flight = threads + 2  # a block per thread and two ready: memory follows the threads
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsi-read") as pool:
         futures: list[Future[list[PatchRead]]] = []
         next_block = 0
