@@ -7,7 +7,7 @@ Run on demand (not part of the test suite):
 
 Every stage runs in its own subprocess so its peak RSS is its own. Stages (all on the same
 level-0 patches, no resampling):
-  decode      imagecodecs decode of every level-0 JPEG tile (the decode bound)
+  decode      every level-0 JPEG tile under the grid, decoded as tifffile does (decode bound)
   direct      per patch: read its tiles' bytes, decode, assemble (tile-aligned direct reads)
   tiffslide   one tiffslide read_region per patch
   openslide   one openslide read_region per patch (the CLAM-style loop)
@@ -47,9 +47,16 @@ def _level0_page(slide: Path):  # type: ignore[no-untyped-def]
     return tif, tif.pages[0]
 
 
-def stage_decode(slide: Path, patch: int) -> dict:
-    import imagecodecs
+def _decode_tile(page, fh: int, index: int) -> np.ndarray:
+    """One tile's pixels, decoded as the file says (its photometric picks the JPEG colour
+    space: an SVS's YCbCr tiles decoded as RGB would skip the colour conversion every real
+    reader pays, and be the wrong pixels)."""
+    data = os.pread(fh, page.databytecounts[index], page.dataoffsets[index])
+    tile, _, shape = page.decode(data, index, jpegtables=page.jpegtables)
+    return tile.reshape(shape[1:])[:, :, :3]
 
+
+def stage_decode(slide: Path, patch: int) -> dict:
     tif, page = _level0_page(slide)
     fh = os.open(slide, os.O_RDONLY)
     tiles_x = -(-page.imagewidth // page.tilewidth)
@@ -62,16 +69,13 @@ def stage_decode(slide: Path, patch: int) -> dict:
     for r in range(rows):
         for c in range(cols):
             i = r * tiles_x + c
-            data = os.pread(fh, page.databytecounts[i], page.dataoffsets[i])
-            imagecodecs.jpeg_decode(data, tables=page.jpegtables, colorspace=2, outcolorspace=2)
+            _decode_tile(page, fh, i)
     seconds = time.perf_counter() - start
     tif.close()
     return {"patches": rows * cols / per_patch, "seconds": seconds, "n_grid": n_patches}
 
 
 def stage_direct(slide: Path, patch: int) -> dict:
-    import imagecodecs
-
     tif, page = _level0_page(slide)
     fh = os.open(slide, os.O_RDONLY)
     tw, th = page.tilewidth, page.tilelength
@@ -82,11 +86,7 @@ def stage_direct(slide: Path, patch: int) -> dict:
         out = np.empty((patch, patch, 3), np.uint8)
         for ty in range(y // th, (y + patch) // th):
             for tx in range(x // tw, (x + patch) // tw):
-                i = ty * tiles_x + tx
-                data = os.pread(fh, page.databytecounts[i], page.dataoffsets[i])
-                tile = imagecodecs.jpeg_decode(
-                    data, tables=page.jpegtables, colorspace=2, outcolorspace=2
-                )
+                tile = _decode_tile(page, fh, ty * tiles_x + tx)
                 out[ty * th - y : ty * th - y + th, tx * tw - x : tx * tw - x + tw] = tile
     seconds = time.perf_counter() - start
     tif.close()
