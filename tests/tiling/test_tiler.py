@@ -119,6 +119,23 @@ def test_a_run_that_gets_the_lock_after_another_finished_skips(tmp_path, slides,
     assert late.status == "skipped" and late.n_patches == finished_first[0].n_patches
 
 
+
+def test_qc_files_that_cannot_be_written_fail_the_slide_and_leave_nothing(
+    tmp_path, slides, monkeypatch
+):
+    """The QC files are written beside the patches by a thread: its error still fails the
+    slide, after the patches, and the half-built store goes with it."""
+    from wsi_pixelcam.tiling import tiler
+
+    def disk_full(qc_dir, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(qc_dir))
+
+    monkeypatch.setattr(tiler, "stage_qc", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        tile_slide(slides["svs"], CFG, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_interrupted_run_leaves_nothing_complete_and_rerun_finishes(tmp_path, slides):
     calls = []
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cache
@@ -41,7 +43,7 @@ from wsi_pixelcam.store.patch_store import (
 )
 from wsi_pixelcam.tiling.grid import Grid
 from wsi_pixelcam.tiling.patch_reader import iter_patches
-from wsi_pixelcam.tiling.qc import stage_qc
+from wsi_pixelcam.tiling.qc import StagedQC, stage_qc
 from wsi_pixelcam.tiling.slide_plan import check_unreadable, plan_slide, quick_hash
 
 log = logging.getLogger(__name__)
@@ -210,34 +212,39 @@ def _tile_locked(
             cfg.labels,
             str(slide_path),
         )
-        qc = stage_qc(  # published below, once the store is complete
-            final.with_name(f"{slide_id}.qc"),
-            thumb.rgb,
-            mask,
-            level0_per_px=thumb_px_level0,
-            mpp_level0=mpp.mean,
-            frame_offset=reader.bounds_offset,
-            min_hole_um2=cfg.tissue.min_hole_um2,
-            metadata={"slide": slide_path.name, "frame": "qupath (level0 minus bounds offset)"},
-        )
-        qc_files = qc.files
-        writer = PatchStoreWriter(
-            final,
-            patch_px=cfg.patch_px,
-            capacity=len(grid),
-            compression=cfg.store.compression,
-            jpeg_quality=cfg.store.jpeg_quality,
-            shard_mib=cfg.store.shard_mib,
-        )
-        try:
+        # the QC files (PNGs, tissue outline) are written by a thread while the patches are:
+        # a fixed cost of every slide that need not hold up the first patch
+        with ThreadPoolExecutor(1, thread_name_prefix="wsi-qc") as qc_pool, ExitStack() as undo:
+            staging = qc_pool.submit(
+                stage_qc,
+                final.with_name(f"{slide_id}.qc"),
+                thumb.rgb,
+                mask,
+                level0_per_px=thumb_px_level0,
+                mpp_level0=mpp.mean,
+                frame_offset=reader.bounds_offset,
+                min_hole_um2=cfg.tissue.min_hole_um2,
+                metadata={"slide": slide_path.name, "frame": "qupath (level0 minus bounds offset)"},
+            )
+            undo.callback(_discard_staged, staging)
+            writer = PatchStoreWriter(
+                final,
+                patch_px=cfg.patch_px,
+                capacity=len(grid),
+                compression=cfg.store.compression,
+                jpeg_quality=cfg.store.jpeg_quality,
+                shard_mib=cfg.store.shard_mib,
+            )
+            undo.callback(writer.abort)
             kept, bad = _write_patches(writer, reader, choice, grid, cfg, progress)
             check_unreadable(slide_path, len(bad), len(grid), cfg.max_bad_patch_frac)
             if bad:
                 log.warning("%s: skipped %d undecodable patches", slide_path, len(bad))
             _write_masks(writer, labels, grid.xy_level0[kept] - reader.bounds_offset, patch_level0)
+            qc = staging.result()
             meta = _store_meta(
                 slide_id, slide_path, reader, mpp, choice, grid, cfg, len(kept), bad,
-                thumb_px_level0, labels, qc_files, wanted,
+                thumb_px_level0, labels, qc.files, wanted,
             )  # fmt: skip
             writer.finalize(
                 meta,
@@ -246,11 +253,8 @@ def _tile_locked(
                 thumbnail=thumb.rgb,
                 tissue_mask=mask,
             )
-        except BaseException:
-            writer.abort()
-            qc.discard()
-            raise
-        qc.publish()
+            undo.pop_all()  # complete: keep the store and its QC files
+        qc.publish()  # only once the store is complete
         return TilingResult(
             slide_id,
             str(final),
@@ -262,6 +266,15 @@ def _tile_locked(
             reader.backend.name,
             time.perf_counter() - started,
         )
+
+
+def _discard_staged(staging: Future[StagedQC]) -> None:
+    """Remove the QC files staged for a store that failed, once their thread is done."""
+    try:
+        staged = staging.result()
+    except Exception:
+        return  # staging failed, and removed what it had written
+    staged.discard()
 
 
 def _write_patches(
