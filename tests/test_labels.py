@@ -114,6 +114,7 @@ def test_class_names_differing_only_in_case_are_one_class(tmp_path, caplog):
     out = labels_from_annotations(path, XY, 100.0, (1000, 1000), (0, 0), LabelConfig())
     assert out.classes == ["background", "Tumor"] and out.labels.tolist() == [1, 1, 0, 0]
     assert "['Tumor', 'tumor'] differ only in case" in caplog.text
+    assert caplog.text.count("differ only in case") == 1
     cfg = LabelConfig(classes=["background", "TUMOR"])
     out = labels_from_annotations(path, XY, 100.0, (1000, 1000), (0, 0), cfg)
     assert out.classes == ["background", "TUMOR"] and out.labels.tolist() == [1, 1, 0, 0]

@@ -75,10 +75,19 @@ def class_index(classes: Sequence[str], name: str) -> int:
     return folded.index(key) if key in folded else UNLABELLED
 
 
+def _preferred(cfg: LabelConfig) -> list[str | None]:
+    """The spellings a configuration asks for: its classes and its background class."""
+    return [*(cfg.classes or ()), cfg.background_class]
+
+
 def _class_list(found: Sequence[str], cfg: LabelConfig, origin: str) -> list[str]:
-    found = sorted(
-        set(spellings(found, [*(cfg.classes or ()), cfg.background_class], origin).values())
-    )
+    """The classes of labels named ``found`` (any spelling)."""
+    return _classes_of(set(spellings(found, _preferred(cfg), origin).values()), cfg, origin)
+
+
+def _classes_of(spelled: set[str], cfg: LabelConfig, origin: str) -> list[str]:
+    """The classes, in label order, of names already spelled one way per class."""
+    found = sorted(spelled)
     if cfg.classes is not None:
         unknown = sorted(set(found) - set(cfg.classes))
         if unknown:
@@ -114,9 +123,7 @@ def labels_from_annotations(
     if not annotations:
         raise AnnotationError(f"{path}: no classified area annotations to label patches from")
     spelled = spellings(
-        [a.class_name for a in annotations if a.class_name],
-        [*(cfg.classes or ()), cfg.background_class],
-        str(path),
+        [a.class_name for a in annotations if a.class_name], _preferred(cfg), str(path)
     )
     by_class: dict[str, shapely.Geometry] = {}
     for ann in annotations:
@@ -136,7 +143,7 @@ def labels_from_annotations(
             f"frame offset {frame_offset}); is it another slide's annotation file, "
             "or in another frame?"
         )
-    classes = _class_list(list(by_class), cfg, str(path))
+    classes = _classes_of(set(by_class), cfg, str(path))
     x0 = xy_level0[:, 0].astype(np.float64) - frame_offset[0]
     y0 = xy_level0[:, 1].astype(np.float64) - frame_offset[1]
     boxes = shapely.box(x0, y0, x0 + patch_level0, y0 + patch_level0)

@@ -99,6 +99,8 @@ def test_store_tiled_before_masks_were_kept_is_reused(tmp_path, slides):
     cfg = TileConfig(target_mpp=0.5, patch_px=128)
     labels = LabelSource(annotations=geojson)
     path = tile_slide(slides["svs"], cfg, tmp_path, labels=labels).store_path
+    with_masks = tile_slide(slides["svs"], cfg, tmp_path, labels=labels)
+    assert with_masks.message == "complete store with the same parameters"
     # what a store of an earlier version looks like: the same attrs, no masks
     shutil.rmtree(f"{path}/masks")
     meta = json.loads(open(f"{path}/zarr.json").read())

@@ -5,9 +5,9 @@ from wsi_pixelcam.store.meta import PatchStoreMeta
 from wsi_pixelcam.store.patch_store import (
     PatchStore,
     PatchStoreWriter,
+    find_complete_store,
     is_patch_store,
     open_patch_store,
-    read_complete_meta,
 )
 
 __all__ = [
@@ -15,7 +15,7 @@ __all__ = [
     "PatchStore",
     "PatchStoreMeta",
     "PatchStoreWriter",
+    "find_complete_store",
     "is_patch_store",
     "open_patch_store",
-    "read_complete_meta",
 ]

@@ -376,13 +376,16 @@ def is_patch_store(path: Path) -> bool:
     return attrs is not None and attrs.get("schema") == SCHEMA
 
 
-def read_complete_meta(path: Path) -> PatchStoreMeta | None:
-    """The meta of a complete store at ``path``; None when there is none (absent, not a zarr
-    group, unfinished). StoreError when a complete store's attrs do not validate."""
-    attrs = _read_attrs(path)
-    if attrs is None or attrs.get(_COMPLETE) is not True:
+def find_complete_store(path: Path) -> PatchStore | None:
+    """The complete store at ``path``, its attrs read once; None when there is none (absent,
+    not a zarr group, unfinished). StoreError when a complete store's attrs do not validate."""
+    group = _open_group(path, "r")
+    if group is None:
         return None
-    return PatchStoreMeta.from_attrs(attrs, path)
+    attrs = dict(group.attrs)
+    if attrs.get(_COMPLETE) is not True:
+        return None
+    return PatchStore(path, group, PatchStoreMeta.from_attrs(attrs, path))
 
 
 def _read_attrs(path: Path) -> dict[str, Any] | None:

@@ -36,9 +36,8 @@ from wsi_pixelcam.store.outdir import ensure_writable_dir
 from wsi_pixelcam.store.patch_store import (
     MASK_CHUNK_ROWS,
     PatchStoreWriter,
+    find_complete_store,
     mask_px_for,
-    open_patch_store,
-    read_complete_meta,
     remove_stale_temporaries,
 )
 from wsi_pixelcam.tiling.grid import Grid
@@ -150,17 +149,19 @@ def _finished_result(
     Raises StoreError for a complete store made with other parameters, unless ``overwrite``.
     """
     try:
-        existing = read_complete_meta(final)
+        store = find_complete_store(final)
     except StoreError:
         if overwrite:
             return None  # a damaged or foreign complete store: re-tile it as asked
         raise
-    if existing is None:
+    if store is None:
         return None
+    existing = store.meta
     requested = existing.requested or {}
     if _serves(requested, wanted):
         message = "complete store with the same parameters"
-        if str(wanted["label_source"]).startswith("annotations") and not _has_masks(final):
+        masked = store.derived_record("masks") is not None
+        if str(wanted["label_source"]).startswith("annotations") and not masked:
             message += " (tiled before stores kept ROI masks: eval --annotations adds them)"
         return TilingResult(
             slide_id,
@@ -181,10 +182,6 @@ def _finished_result(
             "pass --overwrite to re-tile it"
         )
     return None
-
-
-def _has_masks(store_path: Path) -> bool:
-    return open_patch_store(store_path).derived_record("masks") is not None
 
 
 def _tile_locked(
