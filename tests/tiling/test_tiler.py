@@ -119,7 +119,6 @@ def test_a_run_that_gets_the_lock_after_another_finished_skips(tmp_path, slides,
     assert late.status == "skipped" and late.n_patches == finished_first[0].n_patches
 
 
-
 def test_qc_files_that_cannot_be_written_fail_the_slide_and_leave_nothing(
     tmp_path, slides, monkeypatch
 ):
