@@ -156,18 +156,25 @@ def _boundary_edges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     Returns start x, start y and direction (0 E, 1 S, 2 W, 3 N) of each edge, in vertex
     coordinates (vertex (x, y) is the top-left corner of pixel (row y, column x)).
     """
-    padded = np.pad(mask, 1)
-    above, below = padded[:-1, 1:-1], padded[1:, 1:-1]  # per horizontal edge, (h + 1, w)
-    left, right = padded[1:-1, :-1], padded[1:-1, 1:]  # per vertical edge, (h, w + 1)
-    east_y, east_x = np.nonzero(below & ~above)
-    west_y, west_x = np.nonzero(above & ~below)
-    south_y, south_x = np.nonzero(left & ~right)
-    north_y, north_x = np.nonzero(right & ~left)
+    padded = np.pad(mask.view(np.uint8), 1).view(np.int8)
+    # +1 where the pixel below (right of) an edge is foreground, -1 above (left of) it: one
+    # scan per axis finds both directions, each in row-major order
+    east_y, east_x, west_y, west_x = _signed_edges(np.diff(padded[:, 1:-1], axis=0))
+    north_y, north_x, south_y, south_x = _signed_edges(np.diff(padded[1:-1, :], axis=1))
     xs = np.concatenate([east_x, south_x, west_x + 1, north_x])
     ys = np.concatenate([east_y, south_y, west_y, north_y + 1])
     counts = [len(east_x), len(south_x), len(west_x), len(north_x)]
     dirs = np.repeat(np.arange(4, dtype=np.int64), counts)
     return xs.astype(np.int64), ys.astype(np.int64), dirs
+
+
+def _signed_edges(step: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(y, x) of the +1 steps, then of the -1 steps, of a difference image."""
+    where = np.flatnonzero(step)
+    rising = step.ravel()[where] > 0
+    up_y, up_x = np.divmod(where[rising], step.shape[1])
+    down_y, down_x = np.divmod(where[~rising], step.shape[1])
+    return up_y, up_x, down_y, down_x
 
 
 def _successors(xs: np.ndarray, ys: np.ndarray, dirs: np.ndarray, width: int) -> np.ndarray:
@@ -193,8 +200,12 @@ def _successors(xs: np.ndarray, ys: np.ndarray, dirs: np.ndarray, width: int) ->
 
 def _trace_polygons(mask: np.ndarray, origin_xy: tuple[int, int]) -> list[Polygon]:
     """Exact pixel-edge polygons of a boolean mask, shifted by ``origin_xy`` pixels."""
-    if not mask.any():
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
         return []
+    # trace only the rows and columns holding foreground: the same rings, in the same order
+    mask = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    origin_xy = (origin_xy[0] + int(cols[0]), origin_xy[1] + int(rows[0]))
     xs, ys, dirs = _boundary_edges(mask)
     succ = _successors(xs, ys, dirs, mask.shape[1]).tolist()
     components = label(mask, connectivity=1)
