@@ -3,9 +3,10 @@
 Layout (zarr v3 group, OME-NGFF 0.5 ``multiscales`` under the ``ome`` attribute so napari and
 other NGFF viewers open it):
 
-- ``0``, ``1``, ...: (C, H, W) float32 levels, each a 2x NaN-aware mean of the one before;
-  NaN where no patch covered the pixel (no tissue). Level 0 is ``level0_per_px`` level-0
-  pixels per heatmap pixel, with heatmap pixel (0, 0) at level-0 (0, 0).
+- ``0``, ``1``, ...: (C, H, W) float32 levels (blosc LZ4, byte shuffle), each a 2x NaN-aware
+  mean of the one before; NaN where no patch covered the pixel (no tissue). Level 0 is
+  ``level0_per_px`` level-0 pixels per heatmap pixel, with heatmap pixel (0, 0) at level-0
+  (0, 0).
 - attrs: ``mpp``, ``level0_per_px``, ``frame_offset_level0`` (the slide's bounds offset that
   QuPath crops to), ``provenance``, ``schema_version`` and ``complete: true`` written last.
 
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import ZstdCodec
+from zarr.codecs import BloscCodec
 
 from wsi_pixelcam.atomic_write import TMP_MARK, replace_dir
 from wsi_pixelcam.errors import StoreError
@@ -46,6 +47,10 @@ _MIN_LEVEL_PX = 256  # stop the pyramid once a level fits in this many pixels pe
 _CACHE_CHUNKS = 64  # accumulator chunks kept in memory (2 MiB each at 512 px, one channel)
 _FINALIZE_THREADS = 4
 _SPILLING = 8  # evicted chunks waiting to be written, beyond the cache
+_FLOAT_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=4)
+"""How float32 chunks are compressed: byte shuffle + LZ4 (a standard zarr v3 codec). On a 100k
+px slide's level 0 against zstd: written in 0.6x the time, read back in 0.3x (ROI tracing reads
+every chunk), 0.7x the bytes."""
 
 
 @dataclass(frozen=True)
@@ -121,8 +126,8 @@ class HeatmapStore:
                 chunks=(n_channels + 1, chunk_px, chunk_px),
                 dtype="float32",
                 fill_value=0.0,
-                # scratch space, written once per spilled chunk and read once: fast over small
-                compressors=ZstdCodec(level=1),
+                # scratch space, written once per spilled chunk and read once
+                compressors=_FLOAT_CODEC,
             )
             group.attrs.update(
                 {
@@ -201,18 +206,22 @@ class HeatmapStore:
         """Normalise, build the pyramid, mark complete and move to the final path.
 
         Chunks still cached are normalised straight from memory; only spilled ones are read
-        back. Chunks (level 0) and chunk runs (coarser levels) are independent, so a few
-        threads share them: numpy and zarr's codecs release the GIL.
+        back. Level 1 is made from the normalised level-0 chunks while they are in memory,
+        four at a time, so level 0 is never read back; coarser levels are made from the one
+        before, in chunk runs. Tasks are independent, so a few threads share them: numpy
+        and zarr's codecs release the GIL.
         """
         self._wait_for_spills()
-        level0 = self._create_level("0", self.shape_hw)
+        levels = [self._create_level("0", self.shape_hw)]
+        if max(self.shape_hw) > _MIN_LEVEL_PX:
+            levels.append(self._create_level("1", _halved(self.shape_hw)))
         with ThreadPoolExecutor(_FINALIZE_THREADS, thread_name_prefix="wsi-heatmap") as pool:
-            list(pool.map(lambda key: self._normalise_chunk(level0, key), sorted(self._touched)))
-            levels = [level0]
-            touched = set(self._touched)
+            groups = sorted({(cy // 2, cx // 2) for cy, cx in self._touched})
+            list(pool.map(lambda group: self._normalise_group(levels, group), groups))
+            touched = set(groups) if len(levels) > 1 else set(self._touched)
             while max(levels[-1].shape[1:]) > _MIN_LEVEL_PX:
                 prev = levels[-1]
-                shape = ((prev.shape[1] + 1) // 2, (prev.shape[2] + 1) // 2)
+                shape = _halved(prev.shape[1:])
                 level = self._create_level(str(len(levels)), shape)
                 touched = {(cy // 2, cx // 2) for cy, cx in touched}
                 runs = list(_runs(touched, self.chunk_px, shape))
@@ -230,17 +239,36 @@ class HeatmapStore:
         logger.info("%s: heatmap with %d levels written", self.path, len(levels))
         return self.path
 
-    def _normalise_chunk(self, level0: zarr.Array, key: tuple[int, int]) -> None:
+    def _normalise_group(self, levels: list[zarr.Array], group: tuple[int, int]) -> None:
+        """The (up to) 2 x 2 level-0 chunks under level-1 chunk ``group``: each normalised and
+        written to level 0, then together averaged into level 1 (when there is one)."""
+        gy, gx = group
+        c = self.chunk_px
+        ys = slice(2 * gy * c, min((2 * gy + 2) * c, self.shape_hw[0]))
+        xs = slice(2 * gx * c, min((2 * gx + 2) * c, self.shape_hw[1]))
+        mosaic = np.full((self.n_channels, ys.stop - ys.start, xs.stop - xs.start), np.nan,
+                         np.float32)  # fmt: skip
+        for key in [(2 * gy + dy, 2 * gx + dx) for dy in (0, 1) for dx in (0, 1)]:
+            if key not in self._touched:
+                continue
+            cys, cxs = self._chunk_slices(key)
+            value = self._normalised_chunk(key)
+            levels[0][:, cys, cxs] = value
+            mosaic[:, cys.start - ys.start : cys.stop - ys.start,
+                   cxs.start - xs.start : cxs.stop - xs.start] = value  # fmt: skip
+        if len(levels) > 1:
+            levels[1][:, gy * c : (gy + 1) * c, gx * c : (gx + 1) * c] = _nanmean_2x(mosaic)
+
+    def _normalised_chunk(self, key: tuple[int, int]) -> np.ndarray:
         """Weighted sums over summed weights for one chunk; NaN where nothing was added."""
-        ys, xs = self._chunk_slices(key)
         acc = self._cache.pop(key, None)
         if acc is None:
-            acc = _read(self._acc, (slice(None), ys, xs))
+            acc = _read(self._acc, (slice(None), *self._chunk_slices(key)))
         weight = acc[-1]
         with np.errstate(invalid="ignore", divide="ignore"):
             value = acc[:-1] / weight
         value[:, weight <= 0] = np.nan
-        level0[:, ys, xs] = value
+        return value
 
     def abort(self) -> None:
         """Delete the unfinished store (after an error; the final path is left alone)."""
@@ -254,6 +282,7 @@ class HeatmapStore:
             chunks=(self.n_channels, self.chunk_px, self.chunk_px),
             dtype="float32",
             fill_value=np.nan,
+            compressors=_FLOAT_CODEC,
             dimension_names=("c", "y", "x"),
         )
 
@@ -324,6 +353,11 @@ def open_heatmap(path: str | Path) -> Heatmap:
 def _read(array: zarr.Array, key: tuple[slice, ...]) -> np.ndarray:
     """A region of a zarr array as numpy (chunks never written read as the fill value)."""
     return np.asarray(array[key])
+
+
+def _halved(shape_hw: tuple[int, ...]) -> tuple[int, int]:
+    """The shape of the next pyramid level: half, rounded up."""
+    return (int(shape_hw[0]) + 1) // 2, (int(shape_hw[1]) + 1) // 2
 
 
 def _runs(
