@@ -16,6 +16,7 @@ import math
 import shutil
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -236,16 +237,20 @@ def _infer_into(
     channels = ["foreground"] + ([f"cam:{class_names[roi_index]}"] if cfg.teacher_cam else [])
     class_channels = [f"prob:{c}" for c in class_names]
     timings: dict[str, float] = {}
-    predicted = _predict_and_stitch(
-        tmp, patches, model, cfg, geometry, channels, class_channels,
-        {"slide_id": slide_id, "model": model.name, **params}, roi_index, progress, timings,
-    )  # fmt: skip
-    t0 = time.perf_counter()
-    outputs.write_overlay(
-        tmp / "overlay.png", patches.thumbnail(), predicted.heatmap, geometry.width0,
-        geometry.height0, cfg.overlay_alpha,
-    )  # fmt: skip
-    qc_dir = patches.write_qc(tmp)
+    # a streamed slide's tissue QC files need only its plan: a thread writes them while the
+    # patches are predicted (the pool is joined before any error leaves, so ``tmp`` is free)
+    with ThreadPoolExecutor(1, thread_name_prefix="wsi-qc") as qc_pool:
+        qc_written = qc_pool.submit(patches.write_qc, tmp)
+        predicted = _predict_and_stitch(
+            tmp, patches, model, cfg, geometry, channels, class_channels,
+            {"slide_id": slide_id, "model": model.name, **params}, roi_index, progress, timings,
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        outputs.write_overlay(
+            tmp / "overlay.png", patches.thumbnail(), predicted.heatmap, geometry.width0,
+            geometry.height0, cfg.overlay_alpha,
+        )  # fmt: skip
+        qc_dir = qc_written.result()
     timings["overlay"] = time.perf_counter() - t0
     rois, message, tiles_name = _write_vectors(
         tmp, patches, model, cfg, geometry, predicted, slide_id, float(params["threshold"]),
