@@ -373,6 +373,8 @@ def stitch_once(side: int, out_dir: Path) -> dict:
     class_stitcher = Stitcher(classes, patch_level0_px=patch0, window="cosine")
     cell = (np.arange(MAP_PX) + 0.5) * patch0 / MAP_PX
     add_s = 0.0
+    stitcher.expect(xy)  # as infer does: chunks are finished as their last patch comes in
+    class_stitcher.expect(xy)
     for b in range(0, len(xy), STITCH_GROUP):
         batch = xy[b : b + STITCH_GROUP]
         px = batch[:, 0, None, None] + cell[None, None, :]

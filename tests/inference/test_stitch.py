@@ -75,6 +75,54 @@ def test_patches_cut_from_a_known_map_stitch_back_without_seams(tmp_path, scale,
     assert step[:, near_border].max() <= step[:, ~near_border].max() * 1.1 + 1e-4
 
 
+@pytest.mark.parametrize(
+    ("scale", "stride0", "map_px"), [(8.0, 128, 64), (5.3, 192, 16), (3.0, 128, 8)]
+)
+def test_chunks_finished_as_their_last_patch_arrives_give_the_same_heatmap(
+    tmp_path, scale, stride0, map_px
+):
+    """With every patch announced, chunks are normalised while stitching (infer's way): the
+    same heatmap at every level as finishing all at the end, whatever the patch order, with
+    announced patches that never come (non-finite predictions) keeping their chunks open."""
+    patch0 = 256
+    xy = _grid(37.0, 2000 - patch0, stride0)
+    maps = _cut(xy, patch0, map_px)
+    order = np.random.default_rng(1).permutation(len(xy))
+    kept = order[: len(order) - 3]  # three announced patches never arrive
+    heatmaps = []
+    for name, announce in (("all-at-end.zarr", False), ("as-they-come.zarr", True)):
+        store = HeatmapStore.create(
+            tmp_path / name,
+            (math.ceil(2100 / scale),) * 2,
+            MPP0 * scale,
+            level0_per_px=scale,
+            chunk_px=32,
+        )
+        stitcher = Stitcher(store, patch_level0_px=patch0)
+        if announce:
+            stitcher.expect(xy)
+        for batch in range(0, len(kept), 7):
+            rows = kept[batch : batch + 7]
+            stitcher.add(maps[rows], xy[rows])
+        written = [p for p in (store.tmp_path / "0").rglob("c/*/*/*") if p.is_file()]
+        assert (len(written) > 0) == announce  # finished before finish() was called
+        heatmaps.append(open_heatmap(stitcher.finish()))
+    done, ref = heatmaps[1], heatmaps[0]
+    assert len(done.levels) == len(ref.levels) >= 2
+    for a, b in zip(done.levels, ref.levels, strict=True):
+        assert np.array_equal(a[...], b[...], equal_nan=True)
+
+
+def test_a_patch_reaching_a_finished_chunk_is_an_error_not_a_silent_loss(tmp_path):
+    store = HeatmapStore.create(tmp_path / "h.zarr", (64, 64), 2.0, level0_per_px=8.0, chunk_px=16)
+    stitcher = Stitcher(store, patch_level0_px=64)
+    stitcher.expect(np.array([[0.0, 0.0]]))  # one patch announced for the top-left chunk
+    stitcher.add(np.ones((1, 4, 4)), np.array([[0.0, 0.0]]))
+    with pytest.raises(RuntimeError, match="after it was finished"):
+        stitcher.add(np.ones((1, 4, 4)), np.array([[8.0, 8.0]]))  # unannounced, same chunk
+    store.abort()
+
+
 def test_constant_maps_stay_constant_under_irregular_overlap(tmp_path):
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 1600, (40, 2))

@@ -332,6 +332,8 @@ def _predict_and_stitch(
         cfg,
     )  # fmt: skip
     coords = patches.coords
+    fg_stitcher.expect(coords)  # heatmap chunks are finished as their last patch comes in
+    class_stitcher.expect(coords)
     probs = np.full((n, len(model.meta.class_names)), np.nan, np.float32)
     fg_mean = np.full(n, np.nan, np.float32)
     fg_max = np.full(n, np.nan, np.float32)

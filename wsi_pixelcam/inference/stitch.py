@@ -80,7 +80,35 @@ class Stitcher:
         weighted = ly[:, None] @ maps @ lx.transpose(0, 2, 1)[:, None]  # (B, C, R, Q)
         weight = wy[:, :, None] * wx[:, None, :]  # (B, R, Q)
         self.store.add(_merge_by_chunk(y0, x0, weighted, weight, self.store.chunk_px))
+        self.store.arrived(self._patches_per_chunk(xy))
         self.n_added += maps.shape[0]
+
+    def expect(self, xy_level0: np.ndarray) -> None:
+        """Announce every patch that will be added (level-0 top-left corners), so the store
+        finishes each heatmap chunk once its last patch is in, not all of them at the end.
+        Patches announced but never added only keep their chunks open until :meth:`finish`."""
+        self.store.expect(self._patches_per_chunk(np.asarray(xy_level0, np.float64)))
+
+    def _patches_per_chunk(self, xy_level0: np.ndarray) -> dict[tuple[int, int], int]:
+        """How many of these patches reach each store chunk: a patch covers the
+        ``ceil(footprint) + 1`` heatmap pixels from its first on each axis (as :meth:`_axis`)."""
+        start = np.floor(xy_level0.reshape(-1, 2) / self.store.level0_per_px).astype(np.int64)
+        height, width = self.store.shape_hw
+        last = np.minimum(start + math.ceil(self.footprint_px), [width - 1, height - 1])
+        first = np.maximum(start, 0)
+        inside = (last >= first).all(axis=1)
+        lo, hi = first[inside] // self.store.chunk_px, last[inside] // self.store.chunk_px
+        if not len(lo):
+            return {}
+        span = int((hi - lo).max()) + 1
+        keys = [
+            np.column_stack([lo[sel, 1] + dy, lo[sel, 0] + dx])
+            for dy in range(span)
+            for dx in range(span)
+            if (sel := (lo[:, 1] + dy <= hi[:, 1]) & (lo[:, 0] + dx <= hi[:, 0])).any()
+        ]
+        chunks, counts = np.unique(np.concatenate(keys), axis=0, return_counts=True)
+        return {(int(cy), int(cx)): int(n) for (cy, cx), n in zip(chunks, counts, strict=True)}
 
     def finish(self) -> Path:
         """Normalise by summed weights (NaN where none), build the pyramid, finalise the store."""

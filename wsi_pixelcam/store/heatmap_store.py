@@ -13,8 +13,11 @@ other NGFF viewers open it):
 While being written the store lives under ``<name>.tmp-<id>`` with an accumulator holding
 the window-weighted sum of patch maps and the sum of weights; :meth:`HeatmapStore.finalize`
 divides one by the other chunk by chunk, builds the pyramid, drops the accumulators and
-renames the store. Only chunks that received data are ever read or written, so a mostly
-empty whole-slide map costs a few chunks of memory and disk.
+renames the store. Told how many patches reach each chunk (:meth:`HeatmapStore.expect`), the
+store normalises a chunk into level 0 as soon as its last patch is in (:meth:`arrived`), so
+most of that work runs while the slide is still being predicted. Only chunks that received
+data are ever read or written, so a mostly empty whole-slide map costs a few chunks of memory
+and disk.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,6 +89,12 @@ class HeatmapStore:
             OrderedDict()
         )
         self._spill_pool = ThreadPoolExecutor(1, thread_name_prefix="wsi-heatmap-spill")
+        # with expect(): patches still to come per chunk; a chunk at zero is finished, its
+        # level-0 values written by the same thread, and it never returns to the cache
+        self._remaining: dict[tuple[int, int], int] = {}
+        self._finished: set[tuple[int, int]] = set()
+        self._finishing: deque[Future[None]] = deque()
+        self._level0: zarr.Array | None = None
 
     @classmethod
     def create(
@@ -156,7 +165,42 @@ class HeatmapStore:
                 continue
             for cy in range(y0 // c, (y1 - 1) // c + 1):
                 for cx in range(x0 // c, (x1 - 1) // c + 1):
-                    _add_block(self._chunk((cy, cx)), cy * c, cx * c, block)
+                    if (cy, cx) in self._finished:
+                        _check_nothing_added(block, (cy * c, cx * c), c, self.path)
+                    else:
+                        _add_block(self._chunk((cy, cx)), cy * c, cx * c, block)
+
+    def expect(self, patches_per_chunk: Mapping[tuple[int, int], int]) -> None:
+        """Say how many patches will touch each chunk, so chunks are finished as soon as their
+        last patch is in (:meth:`arrived`) instead of all at :meth:`finalize`."""
+        self._remaining = {key: int(n) for key, n in patches_per_chunk.items() if n > 0}
+
+    def arrived(self, patches_per_chunk: Mapping[tuple[int, int], int]) -> None:
+        """Count patches added to each chunk; finish the chunks that have all theirs."""
+        for key, n in patches_per_chunk.items():
+            left = self._remaining.get(key)
+            if left is None:
+                continue  # not announced (or finished): kept until finalize
+            if left > n:
+                self._remaining[key] = left - n
+                continue
+            del self._remaining[key]
+            if key in self._touched:
+                self._finish(key)
+
+    def _finish(self, key: tuple[int, int]) -> None:
+        """Normalise chunk ``key`` into level 0 in the background; it takes no more data."""
+        acc = self._chunk(key)
+        del self._cache[key]
+        self._finished.add(key)
+        if self._level0 is None:
+            self._level0 = self._create_level("0", self.shape_hw)
+        while self._finishing and (len(self._finishing) >= _SPILLING or self._finishing[0].done()):
+            self._finishing.popleft().result()
+        level0, (ys, xs) = self._level0, self._chunk_slices(key)
+        self._finishing.append(
+            self._spill_pool.submit(_write_region, level0, ys, xs, _normalised(acc))
+        )
 
     def _chunk(self, key: tuple[int, int]) -> np.ndarray:
         """The cached accumulator chunk ``key``, loaded (or zero) on a miss."""
@@ -190,6 +234,8 @@ class HeatmapStore:
     def _wait_for_spills(self) -> None:
         while self._spilling:
             self._spilling.popitem(last=False)[1][0].result()
+        while self._finishing:
+            self._finishing.popleft().result()
         self._spill_pool.shutdown()
 
     def _chunk_slices(self, key: tuple[int, int]) -> tuple[slice, slice]:
@@ -212,7 +258,7 @@ class HeatmapStore:
         and zarr's codecs release the GIL.
         """
         self._wait_for_spills()
-        levels = [self._create_level("0", self.shape_hw)]
+        levels = [self._level0 or self._create_level("0", self.shape_hw)]
         if max(self.shape_hw) > _MIN_LEVEL_PX:
             levels.append(self._create_level("1", _halved(self.shape_hw)))
         with ThreadPoolExecutor(_FINALIZE_THREADS, thread_name_prefix="wsi-heatmap") as pool:
@@ -252,23 +298,22 @@ class HeatmapStore:
             if key not in self._touched:
                 continue
             cys, cxs = self._chunk_slices(key)
-            value = self._normalised_chunk(key)
-            levels[0][:, cys, cxs] = value
+            if key in self._finished:  # normalised while stitching
+                value = _read(levels[0], (slice(None), cys, cxs))
+            else:
+                value = self._normalised_chunk(key)
+                levels[0][:, cys, cxs] = value
             mosaic[:, cys.start - ys.start : cys.stop - ys.start,
                    cxs.start - xs.start : cxs.stop - xs.start] = value  # fmt: skip
         if len(levels) > 1:
             levels[1][:, gy * c : (gy + 1) * c, gx * c : (gx + 1) * c] = _nanmean_2x(mosaic)
 
     def _normalised_chunk(self, key: tuple[int, int]) -> np.ndarray:
-        """Weighted sums over summed weights for one chunk; NaN where nothing was added."""
+        """Chunk ``key`` normalised, from the cache or read back."""
         acc = self._cache.pop(key, None)
         if acc is None:
             acc = _read(self._acc, (slice(None), *self._chunk_slices(key)))
-        weight = acc[-1]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            value = acc[:-1] / weight
-        value[:, weight <= 0] = np.nan
-        return value
+        return _normalised(acc)
 
     def abort(self) -> None:
         """Delete the unfinished store (after an error; the final path is left alone)."""
@@ -353,6 +398,31 @@ def open_heatmap(path: str | Path) -> Heatmap:
 def _read(array: zarr.Array, key: tuple[slice, ...]) -> np.ndarray:
     """A region of a zarr array as numpy (chunks never written read as the fill value)."""
     return np.asarray(array[key])
+
+
+def _normalised(acc: np.ndarray) -> np.ndarray:
+    """Weighted sums over summed weights for one chunk; NaN where nothing was added."""
+    weight = acc[-1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = acc[:-1] / weight
+    value[:, weight <= 0] = np.nan
+    return value
+
+
+def _write_region(array: zarr.Array, ys: slice, xs: slice, value: np.ndarray) -> None:
+    array[:, ys, xs] = value
+
+
+def _check_nothing_added(block: Block, origin: tuple[int, int], chunk_px: int, path: Path) -> None:
+    """A merged block may span a finished chunk with zero weight there (its bounding box is
+    wider than its patches); any weight is a patch the chunk's count missed: a bug."""
+    y0, x0 = origin
+    h, w = block.weight.shape
+    top, left = max(block.y0, y0), max(block.x0, x0)
+    bottom, right = min(block.y0 + h, y0 + chunk_px), min(block.x0 + w, x0 + chunk_px)
+    part = block.weight[top - block.y0 : bottom - block.y0, left - block.x0 : right - block.x0]
+    if np.any(part):
+        raise RuntimeError(f"{path}: a patch reached heatmap chunk {origin} after it was finished")
 
 
 def _halved(shape_hw: tuple[int, ...]) -> tuple[int, int]:
