@@ -258,7 +258,8 @@ QUICK = Sizes(
     infer=tuple("--encoder resnet18 --batch-size 64 --workers 2 --repeats 1".split()),
     stitch_sides=(25_000, 50_000),
     e2e=tuple(
-        "--size 12000 --encoder resnet18 --stride-px 224 --batch-size 32 --workers 1".split()
+        "--size 12000 --encoder resnet18 --stride-px 224 --batch-size 32 --workers 1 "
+        "--repeats 2".split()
     ),
 )
 
