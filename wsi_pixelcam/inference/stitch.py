@@ -50,6 +50,9 @@ class Stitcher:
         self.patch_level0_px = float(patch_level0_px)
         self.window: Window = window
         self.footprint_px = self.patch_level0_px / store.level0_per_px
+        # heatmap pixels a patch reaches from its first on each axis, whatever its phase
+        # (the last may get zero weight): the extent both stitching and counting use
+        self.cells_per_patch = math.ceil(self.footprint_px) + 1
         self.n_added = 0
 
     def add(self, maps: np.ndarray, xy_level0: np.ndarray) -> None:
@@ -90,11 +93,11 @@ class Stitcher:
         self.store.expect(self._patches_per_chunk(np.asarray(xy_level0, np.float64)))
 
     def _patches_per_chunk(self, xy_level0: np.ndarray) -> dict[tuple[int, int], int]:
-        """How many of these patches reach each store chunk: a patch covers the
-        ``ceil(footprint) + 1`` heatmap pixels from its first on each axis (as :meth:`_axis`)."""
+        """How many of these patches reach each store chunk: a patch covers
+        ``cells_per_patch`` heatmap pixels from its first on each axis."""
         start = np.floor(xy_level0.reshape(-1, 2) / self.store.level0_per_px).astype(np.int64)
         height, width = self.store.shape_hw
-        last = np.minimum(start + math.ceil(self.footprint_px), [width - 1, height - 1])
+        last = np.minimum(start + self.cells_per_patch - 1, [width - 1, height - 1])
         first = np.maximum(start, 0)
         inside = (last >= first).all(axis=1)
         lo, hi = first[inside] // self.store.chunk_px, last[inside] // self.store.chunk_px
@@ -129,7 +132,7 @@ class Stitcher:
         n_fine = max(n_map, math.ceil(size - 1e-9))
         upsample = _linear_resize_matrix(n_fine, n_map)  # (n_fine, n_map)
         window = _window_1d(self.window, n_fine)
-        n_cells = math.ceil(size) + 1  # enough for any phase; extra cells get 0
+        n_cells = self.cells_per_patch
         cell_lo = np.arange(n_cells)[None, :, None]  # (1, R, 1)
         edges = phases[:, None] + np.arange(n_fine + 1) * (size / n_fine)  # (P, n_fine + 1)
         lo, hi = edges[:, None, :-1], edges[:, None, 1:]  # (P, 1, n_fine)

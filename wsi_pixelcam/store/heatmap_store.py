@@ -251,11 +251,11 @@ class HeatmapStore:
     def finalize(self) -> Path:
         """Normalise, build the pyramid, mark complete and move to the final path.
 
-        Chunks still cached are normalised straight from memory; only spilled ones are read
-        back. Level 1 is made from the normalised level-0 chunks while they are in memory,
-        four at a time, so level 0 is never read back; coarser levels are made from the one
-        before, in chunk runs. Tasks are independent, so a few threads share them: numpy
-        and zarr's codecs release the GIL.
+        Chunks not finished while stitching are normalised here, straight from memory when
+        still cached. Level 1 is made from the level-0 chunks four at a time, those normalised
+        here while in memory (only chunks finished earlier are read back from level 0);
+        coarser levels are made from the one before, in chunk runs. Tasks are independent, so
+        a few threads share them: numpy and zarr's codecs release the GIL.
         """
         self._wait_for_spills()
         levels = [self._level0 or self._create_level("0", self.shape_hw)]
@@ -264,7 +264,7 @@ class HeatmapStore:
         with ThreadPoolExecutor(_FINALIZE_THREADS, thread_name_prefix="wsi-heatmap") as pool:
             groups = sorted({(cy // 2, cx // 2) for cy, cx in self._touched})
             list(pool.map(lambda group: self._normalise_group(levels, group), groups))
-            touched = set(groups) if len(levels) > 1 else set(self._touched)
+            touched = set(groups)  # the level-1 chunks written; coarser levels follow
             while max(levels[-1].shape[1:]) > _MIN_LEVEL_PX:
                 prev = levels[-1]
                 shape = _halved(prev.shape[1:])
